@@ -1,0 +1,31 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch==2.13.0 is a CPU build on this project's machines; on a GPU machine install your CUDA torch first
+# (TORCH_SPEC= make setup keeps what is there).
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: setup demo test lint bench clean
+
+$(BIN)/ftlab: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH_SPEC) -e '.[dev,dashboard]'
+	touch $(BIN)/ftlab
+
+setup: $(BIN)/ftlab
+
+demo: setup
+	$(BIN)/ftlab demo-assets
+	$(BIN)/ftlab train sweeps/demo.yaml
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check ftlab tests benchmarks
+	$(BIN)/ruff format --check ftlab tests benchmarks
+
+clean:
+	rm -rf .ftlab mlruns/* out

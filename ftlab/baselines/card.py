@@ -1,0 +1,462 @@
+"""Read the model card (README.md) that transformers' Trainer writes, as a baseline for a sweep.
+
+Trainer's ``create_model_card`` writes the training settings as a markdown list under
+``### Training hyperparameters`` and the results as an "It achieves the following results on the evaluation set:"
+list and/or a ``### Training results`` table. The wording changed between transformers versions; every variant
+known to ftlab is handled here. Settings are turned into ``TrainingArguments`` names; what does not add up
+(batch sizes, perplexity against loss) becomes a sentence in ``warnings``, never an exception, because a card
+is a record of someone else's run and the user still wants to see what it says.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, get_args
+
+import yaml
+from pydantic import BaseModel, ConfigDict
+
+from ftlab.config import TRAIN_KEYS, OptimizerName, SchedulerName
+from ftlab.errors import CardError
+
+NOT_A_CARD_FIX = "pass a README.md written by transformers' Trainer (it has a '### Training hyperparameters' list)"
+BAD_VALUE_FIX = "correct the value in the card, or write the settings inline under `baseline:` in the sweep file"
+
+_OPTIMIZERS: tuple[str, ...] = get_args(OptimizerName)
+_SCHEDULERS: tuple[str, ...] = get_args(SchedulerName)
+_RELATIVE_TOLERANCE = 0.01  # reported perplexity may differ from exp(loss) by rounding, not more
+
+
+# The JSON shape of a baseline, in order. Of each either-or pair the card states one (Trainer writes one).
+_JSON_HEAD = ("source", "base_model", "learning_rate", "per_device_train_batch_size", "per_device_eval_batch_size",
+              "gradient_accumulation_steps", "seed", "lr_scheduler_type")
+_JSON_EITHER_OR = (("warmup_ratio", "warmup_steps"), ("num_train_epochs", "max_steps"))
+_JSON_TAIL = ("optim", "adam_beta1", "adam_beta2", "adam_epsilon", "num_devices", "total_train_batch_size",
+              "eval_loss", "train_loss", "perplexity")
+
+
+class CardBaseline(BaseModel):
+    """What a Trainer model card says about its run, in ``TrainingArguments`` names.
+
+    Settings that the card does not state are ``None`` (ftlab's defaults apply), except the two that Trainer leaves
+    out when they are 1: ``gradient_accumulation_steps`` and ``num_devices``. ``total_train_batch_size`` and
+    ``total_eval_batch_size`` are computed when the card leaves them out, since Trainer only writes them when they
+    differ from the per-device sizes.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str
+    base_model: str | None = None
+    learning_rate: float | None = None
+    per_device_train_batch_size: int | None = None
+    per_device_eval_batch_size: int | None = None
+    gradient_accumulation_steps: int = 1
+    seed: int | None = None
+    lr_scheduler_type: str | None = None
+    warmup_ratio: float | None = None
+    warmup_steps: int | None = None
+    num_train_epochs: float | None = None
+    max_steps: int | None = None
+    optim: str | None = None
+    adam_beta1: float | None = None
+    adam_beta2: float | None = None
+    adam_epsilon: float | None = None
+    num_devices: int = 1
+    total_train_batch_size: int | None = None
+    total_eval_batch_size: int | None = None
+    mixed_precision_training: str | None = None
+    eval_loss: float | None = None
+    train_loss: float | None = None
+    perplexity: float | None = None
+    warnings: list[str] = []
+
+    def training_settings(self) -> dict[str, Any]:
+        """The card's settings that ``TrainConfig`` knows, leaving out the ones the card does not state.
+
+        Returns:
+            A mapping ready for ``TrainConfig(**settings)``.
+        """
+        values = {name: getattr(self, name) for name in type(self).model_fields if name in TRAIN_KEYS}
+        return {name: value for name, value in values.items() if value is not None}
+
+    def as_json(self) -> dict[str, Any]:
+        """The baseline as a JSON-ready mapping: settings, effective batch, base model, results, warnings, source.
+
+        Of ``warmup_ratio``/``warmup_steps`` and of ``num_train_epochs``/``max_steps`` only the one the card states
+        appears; the results are ``null`` where the card reports none.
+        """
+        data: dict[str, Any] = {name: getattr(self, name) for name in _JSON_HEAD}
+        for pair in _JSON_EITHER_OR:
+            data |= {name: getattr(self, name) for name in pair if getattr(self, name) is not None}
+        data |= {name: getattr(self, name) for name in _JSON_TAIL}
+        data["warnings"] = list(self.warnings)
+        return data
+
+
+def load_card(path: str | Path) -> CardBaseline:
+    """Read a model card file (or the README.md of a model folder) and parse it.
+
+    Raises:
+        CardError: the file is missing, unreadable, not UTF-8, or not a card written by transformers' Trainer.
+    """
+    path = Path(path)
+    if path.is_dir() and (path / "README.md").is_file():
+        path = path / "README.md"
+    if not path.is_file():
+        raise CardError.single("model card not found", where=str(path),
+                               fix="check the path, or use a built-in baseline name")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise CardError.single(f"cannot read the model card: {error}", where=str(path), fix=NOT_A_CARD_FIX) from None
+    return parse_card(text, str(path))
+
+
+def parse_card(text: str, source: str) -> CardBaseline:
+    """Parse the text of a model card written by transformers' Trainer.
+
+    Args:
+        text: the card's markdown, front matter included.
+        source: where it came from (a path or ``builtin:<name>``), used in errors and kept in the result.
+
+    Raises:
+        CardError: the text has no ``### Training hyperparameters`` list with a ``learning_rate`` line, or a value
+            in it is not what Trainer writes (``learning_rate: abc``).
+    """
+    text = text.replace("\r\n", "\n")
+    front_matter, body, warnings = _split_front_matter(text)
+    items = _hyperparameter_items(body, source)
+    fields: dict[str, Any] = {"source": source, "base_model": _base_model(front_matter, body)}
+    fields |= _hyperparameters(items, source, warnings)
+    fields |= _results(body, source)
+    _fill_totals(fields)
+    warnings += _consistency_warnings(fields)
+    return CardBaseline(**fields, warnings=warnings)
+
+
+# --- card layout -----------------------------------------------------------------------------------------------
+
+
+def _split_front_matter(text: str) -> tuple[dict[str, Any], str, list[str]]:
+    """Cut the YAML front matter off; a broken one only costs the base model, so it is a warning."""
+    match = re.match(r"---\n(.*?)\n---[ \t]*(?:\n|$)", text, re.DOTALL)
+    if match is None:
+        return {}, text, []
+    body = text[match.end():]
+    try:
+        data = yaml.safe_load(match.group(1))
+    except yaml.YAMLError:
+        return {}, body, ["The card's YAML front matter is not valid YAML; it was ignored."]
+    return (data if isinstance(data, dict) else {}), body, []
+
+
+def _section(body: str, title: str) -> str | None:
+    """The text under a markdown heading called ``title`` (any level), up to the next heading."""
+    heading = re.search(rf"^#+[ \t]*{re.escape(title)}[ \t]*$", body, re.MULTILINE | re.IGNORECASE)
+    if heading is None:
+        return None
+    following = re.search(r"^#", body[heading.end():], re.MULTILINE)
+    return body[heading.end():heading.end() + following.start()] if following else body[heading.end():]
+
+
+def _list_items(block: str) -> dict[str, str]:
+    """``- key: value`` lines of a markdown list, in order; other lines (wrapped optimizer args) are skipped."""
+    return {match.group(1).strip(): match.group(2).strip()
+            for match in re.finditer(r"^[-*][ \t]+([^:\n]+?):[ \t]*(.*)$", block, re.MULTILINE)}
+
+
+def _hyperparameter_items(body: str, source: str) -> dict[str, str]:
+    section = _section(body, "Training hyperparameters")
+    if section is None:
+        raise CardError.single("not a model card written by transformers' Trainer: no '### Training hyperparameters' "
+                               "section", where=source, fix=NOT_A_CARD_FIX)
+    items = _list_items(section)
+    if "learning_rate" not in items:
+        raise CardError.single("not a model card written by transformers' Trainer: its 'Training hyperparameters' "
+                               "section has no `learning_rate` line", where=source, fix=NOT_A_CARD_FIX)
+    return items
+
+
+def _base_model(front_matter: dict[str, Any], body: str) -> str | None:
+    """The base model from ``base_model:`` in the front matter, else from the "fine-tuned version of" sentence."""
+    declared = front_matter.get("base_model")
+    if isinstance(declared, list) and declared:
+        declared = declared[0]  # the hub allows a list (merges); the first is the one fine-tuned
+    if isinstance(declared, str) and declared.strip():
+        return declared.strip()
+    sentence = re.search(r"fine-tuned version of \[([^\]]+)\]", body)
+    return sentence.group(1).strip() if sentence else None
+
+
+# --- values ----------------------------------------------------------------------------------------------------
+
+
+def _bad_value(key: str, raw: str, source: str, expected: str) -> CardError:
+    return CardError.single(f"`{key}` is not {expected}", where=f"{source}:{key}", value=raw, fix=BAD_VALUE_FIX)
+
+
+def _number(key: str, raw: str, source: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise _bad_value(key, raw, source, "a number") from None
+    if not math.isfinite(value):
+        raise _bad_value(key, raw, source, "a finite number")
+    return value
+
+
+def _positive_number(key: str, raw: str, source: str) -> float:
+    value = _number(key, raw, source)
+    if value <= 0:
+        raise _bad_value(key, raw, source, "a positive number")
+    return value
+
+
+def _whole_number(key: str, raw: str, source: str) -> int:
+    value = _number(key, raw, source)
+    if not value.is_integer():
+        raise _bad_value(key, raw, source, "a whole number")
+    return int(value)
+
+
+def _positive_whole_number(key: str, raw: str, source: str) -> int:
+    value = _whole_number(key, raw, source)
+    if value < 1:
+        raise _bad_value(key, raw, source, "a whole number of at least 1")
+    return value
+
+
+def _text(key: str, raw: str, source: str) -> str:
+    return raw
+
+
+def _result(key: str, raw: str, source: str) -> float | None:
+    """A reported metric; Trainer writes "No log" when nothing was logged yet."""
+    return None if raw.strip().lower() == "no log" else _number(key, raw, source)
+
+
+# --- training hyperparameters ----------------------------------------------------------------------------------
+
+# Card key → (CardBaseline field, converter). Trainer's `train_batch_size` is the per-device size in DDP runs.
+_SIMPLE_KEYS: dict[str, tuple[str, Callable[[str, str, str], Any]]] = {
+    "learning_rate": ("learning_rate", _positive_number),
+    "train_batch_size": ("per_device_train_batch_size", _positive_whole_number),
+    "eval_batch_size": ("per_device_eval_batch_size", _positive_whole_number),
+    "gradient_accumulation_steps": ("gradient_accumulation_steps", _positive_whole_number),
+    "seed": ("seed", _whole_number),
+    "num_devices": ("num_devices", _positive_whole_number),
+    "total_train_batch_size": ("total_train_batch_size", _positive_whole_number),
+    "total_eval_batch_size": ("total_eval_batch_size", _positive_whole_number),
+    "lr_scheduler_warmup_ratio": ("warmup_ratio", _number),
+    "num_epochs": ("num_train_epochs", _positive_number),
+    "training_steps": ("max_steps", _positive_whole_number),
+    "mixed_precision_training": ("mixed_precision_training", _text),
+}
+# Keys Trainer writes that need no field: the device count is in `num_devices`.
+_IGNORED_KEYS = frozenset({"distributed_type"})
+
+
+def _hyperparameters(items: dict[str, str], source: str, warnings: list[str]) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for key, raw in items.items():
+        if key in _SIMPLE_KEYS:
+            name, convert = _SIMPLE_KEYS[key]
+            fields[name] = convert(key, raw, source)
+        elif key == "optimizer":
+            fields |= _optimizer(raw, source, warnings)
+        elif key == "lr_scheduler_type":
+            fields["lr_scheduler_type"] = _scheduler(raw, warnings)
+        elif key == "lr_scheduler_warmup_steps":
+            fields |= _warmup_steps(key, raw, source)
+        elif key not in _IGNORED_KEYS:
+            warnings.append(f"The card sets {key}: {raw}, which ftlab does not carry over.")
+    if fields.get("warmup_steps") and fields.get("warmup_ratio"):
+        # TrainingArguments lets warmup_steps win; ftlab refuses both, so keep the one that was in effect.
+        warnings.append(f"The card sets both warmup_steps {fields['warmup_steps']} and warmup_ratio "
+                        f"{fields['warmup_ratio']}; Trainer used the steps, so the ratio was dropped.")
+        fields["warmup_ratio"] = None
+    return fields
+
+
+def _warmup_steps(key: str, raw: str, source: str) -> dict[str, Any]:
+    """transformers 5 folded warmup_ratio into warmup_steps: a value below 1 is a share of the training steps."""
+    value = _number(key, raw, source)
+    if value < 0:
+        raise _bad_value(key, raw, source, "a non-negative number")
+    if 0 < value < 1:
+        return {"warmup_ratio": value}
+    if not value.is_integer():
+        raise _bad_value(key, raw, source, "a whole number of steps or a ratio below 1")
+    return {"warmup_steps": int(value)}
+
+
+def _scheduler(raw: str, warnings: list[str]) -> str | None:
+    # Some transformers versions printed the enum itself ("SchedulerType.LINEAR").
+    name = raw.removeprefix("SchedulerType.").strip().lower()
+    if name in _SCHEDULERS:
+        return name
+    warnings.append(f"The card's lr_scheduler_type {raw!r} is not one ftlab can run ({', '.join(_SCHEDULERS)}); "
+                    "it was left unset, so ftlab's default applies.")
+    return None
+
+
+def _optimizer(raw: str, source: str, warnings: list[str]) -> dict[str, Any]:
+    """The optimizer line in all the shapes Trainer wrote it.
+
+    - ``Adam with betas=(0.9,0.999) and epsilon=1e-08`` (before transformers 4.38): Trainer's "Adam" was AdamW.
+    - ``Adafactor`` (the same era, with ``--adafactor``).
+    - ``Use OptimizerNames.ADAMW_TORCH with betas=... and epsilon=... and optimizer_args=...`` (the enum printed).
+    - ``Use adamw_torch_fused with betas=...`` or ``Use sgd and the args are:`` (the name printed).
+    """
+    fields: dict[str, Any] = {}
+    betas = re.search(r"betas=\(\s*([^,\s)]+)\s*,\s*([^,\s)]+)\s*\)", raw)
+    if betas:
+        fields["adam_beta1"] = _number("optimizer", betas.group(1), source)
+        fields["adam_beta2"] = _number("optimizer", betas.group(2), source)
+    epsilon = re.search(r"epsilon=([^\s,)]+)", raw)
+    if epsilon:
+        fields["adam_epsilon"] = _positive_number("optimizer", epsilon.group(1), source)
+    extra = re.search(r"optimizer_args=(.*)$", raw)
+    if extra and extra.group(1).strip() != "No additional optimizer arguments":
+        warnings.append(f"The card's optimizer has extra arguments ({extra.group(1).strip()}), "
+                        "which ftlab does not carry over.")
+    fields["optim"] = _optimizer_name(raw, warnings)
+    return fields
+
+
+def _optimizer_name(raw: str, warnings: list[str]) -> str | None:
+    if raw.startswith("Adam with"):
+        return "adamw_torch"  # old Trainer built AdamW for "Adam"; torch's AdamW is the same algorithm
+    if raw.strip() == "Adafactor":
+        return "adafactor"
+    named = re.match(r"Use\s+(\S+)", raw)
+    name = named.group(1).removeprefix("OptimizerNames.").lower() if named else raw
+    if name in _OPTIMIZERS:
+        return name
+    warnings.append(f"The card's optimizer {name!r} is not one ftlab can run ({', '.join(_OPTIMIZERS)}); "
+                    "optim was left unset, so ftlab's default applies.")
+    return None
+
+
+# --- results ---------------------------------------------------------------------------------------------------
+
+# Metric names as Trainer writes them (lower-cased) → CardBaseline field.
+_EVAL_LIST_KEYS = {"loss": "eval_loss", "perplexity": "perplexity"}
+_RESULTS_KEYS = {"training loss": "train_loss", "validation loss": "eval_loss", "perplexity": "perplexity"}
+
+
+def _results(body: str, source: str) -> dict[str, float | None]:
+    """Reported results: the evaluation list wins for eval loss and perplexity, being the final evaluation."""
+    section = _section(body, "Training results") or ""
+    results = _results_table(section, source) if re.search(r"^\|", section, re.MULTILINE) else {}
+    results |= _named_results(_list_items(section), _RESULTS_KEYS, source)
+    results |= _named_results(_evaluation_list(body), _EVAL_LIST_KEYS, source)
+    return results
+
+
+def _evaluation_list(body: str) -> dict[str, str]:
+    intro = re.search(r"It achieves the following results on the evaluation set:[ \t]*\n", body)
+    if intro is None:
+        return {}
+    block = re.match(r"(?:[-*][^\n]*\n?)*", body[intro.end():])
+    return _list_items(block.group(0) if block else "")
+
+
+def _named_results(items: dict[str, str], names: dict[str, str], source: str) -> dict[str, float | None]:
+    found: dict[str, float | None] = {}
+    for key, raw in items.items():
+        name = names.get(key.lower())
+        if name is not None:
+            found[name] = _result(key, raw, source)
+    return found
+
+
+def _results_table(section: str, source: str) -> dict[str, float | None]:
+    """The last row of the ``| Training Loss | Epoch | Step | Validation Loss | ... |`` table."""
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")]
+            for line in section.splitlines() if line.strip().startswith("|")]
+    rows = [row for row in rows if not all(re.fullmatch(r":?-+:?", cell) for cell in row)]  # drop |:---:| lines
+    if len(rows) < 2:
+        return {}
+    header, last = rows[0], rows[-1]
+    return _named_results(dict(zip(header, last, strict=False)), _RESULTS_KEYS, source)
+
+
+# --- derived values and checks ---------------------------------------------------------------------------------
+
+
+def _fill_totals(fields: dict[str, Any]) -> None:
+    """Trainer leaves the totals out when they equal the per-device sizes; put them back."""
+    devices = fields.get("num_devices", 1)
+    accumulation = fields.get("gradient_accumulation_steps", 1)
+    if fields.get("total_train_batch_size") is None and fields.get("per_device_train_batch_size"):
+        fields["total_train_batch_size"] = fields["per_device_train_batch_size"] * accumulation * devices
+    if fields.get("total_eval_batch_size") is None and fields.get("per_device_eval_batch_size"):
+        fields["total_eval_batch_size"] = fields["per_device_eval_batch_size"] * devices
+
+
+def _consistency_warnings(fields: dict[str, Any]) -> list[str]:
+    return [warning for warning in (_train_batch_warning(fields), _eval_batch_warning(fields),
+                                    _devices_warning(fields), _perplexity_warning(fields)) if warning]
+
+
+def _train_batch_warning(fields: dict[str, Any]) -> str | None:
+    per_device = fields.get("per_device_train_batch_size")
+    if per_device is None:
+        return None
+    accumulation = fields.get("gradient_accumulation_steps", 1)
+    devices = fields.get("num_devices", 1)
+    expected = per_device * accumulation * devices
+    if fields["total_train_batch_size"] == expected:
+        return None
+    return (f"The card's total_train_batch_size {fields['total_train_batch_size']} is not train_batch_size "
+            f"{per_device} × gradient_accumulation_steps {accumulation} × num_devices {devices} = {expected}; "
+            "ftlab uses the per-device batch size and accumulation as written.")
+
+
+def _eval_batch_warning(fields: dict[str, Any]) -> str | None:
+    per_device = fields.get("per_device_eval_batch_size")
+    devices = fields.get("num_devices", 1)
+    if per_device is None or fields["total_eval_batch_size"] == per_device * devices:
+        return None
+    return (f"The card's total_eval_batch_size {fields['total_eval_batch_size']} is not eval_batch_size "
+            f"{per_device} × num_devices {devices} = {per_device * devices}.")
+
+
+def _devices_warning(fields: dict[str, Any]) -> str | None:
+    """ftlab trains on one device, so the card's effective batch needs more accumulation to match."""
+    devices = fields.get("num_devices", 1)
+    per_device = fields.get("per_device_train_batch_size")
+    if devices == 1 or per_device is None:
+        return None
+    accumulation = fields.get("gradient_accumulation_steps", 1)
+    return (f"The card trained on {devices} devices and ftlab trains on one: to keep its effective batch of "
+            f"{per_device * accumulation * devices}, set gradient_accumulation_steps to {accumulation * devices} "
+            f"(the card's {accumulation} is per device).")
+
+
+def _safe_exp(value: float) -> float:
+    try:
+        return math.exp(value)
+    except OverflowError:
+        return math.inf
+
+
+def _perplexity_warning(fields: dict[str, Any]) -> str | None:
+    perplexity, loss = fields.get("perplexity"), fields.get("eval_loss")
+    if perplexity is None or loss is None:
+        return None
+    if perplexity <= 0:
+        return f"The card's perplexity {perplexity:g} is not a perplexity (it must be positive)."
+    # Compare in log space so that a huge loss cannot overflow: |ppl / exp(loss) - 1| is the relative difference.
+    if abs(_safe_exp(math.log(perplexity) - loss) - 1) <= _RELATIVE_TOLERANCE:
+        return None
+    expected = _safe_exp(loss)
+    shown = f"{expected:.1f}" if expected < 1e6 else f"{expected:.4g}"
+    return (f"The card's perplexity {perplexity:g} is not exp(eval loss {loss:g}) ≈ {shown}; a perplexity of "
+            f"{perplexity:g} would mean an eval loss of {math.log(perplexity):.3f}. "
+            "Trust neither without re-measuring.")

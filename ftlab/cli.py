@@ -1,0 +1,267 @@
+"""The ``ftlab`` command line: each command parses, calls one library function, prints.
+
+User errors (:class:`ftlab.errors.UserError`) print a message and exit 2 without a traceback; anything else is a bug
+and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from ftlab.errors import UserError
+
+app = typer.Typer(
+    help="Hyperparameter sweeps for causal-LM fine-tuning around a documented baseline, tracked in MLflow.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+baseline_app = typer.Typer(help="Documented baselines: the recipes sweeps search around.", no_args_is_help=True)
+app.add_typer(baseline_app, name="baseline")
+
+console = Console()
+err_console = Console(stderr=True)
+
+SweepFile = Annotated[Path, typer.Argument(help="A sweep file (YAML), e.g. sweeps/demo.yaml.")]
+TrackingUri = Annotated[
+    str | None,
+    typer.Option(
+        "--tracking-uri", help="MLflow tracking URI; default MLFLOW_TRACKING_URI or ./mlruns.", show_default=False
+    ),
+]
+
+
+def _quiet_libraries() -> None:
+    """Keep transformers' and datasets' chatter out of ftlab's own output."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import datasets
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+
+
+@app.command()
+def validate(files: Annotated[list[Path], typer.Argument(help="Sweep files to check.")]) -> None:
+    """Check sweep files against the schema and report every problem at once."""
+    from ftlab.config import load_sweep
+    from ftlab.settings import resolve_train_config
+
+    problems = []
+    for file in files:
+        try:
+            sweep = load_sweep(file)
+            resolve_train_config(sweep, file.parent, source=str(file))
+        except UserError as error:
+            problems.extend(error.problems)
+            continue
+        console.print(f"[green]ok[/green] {file}")
+    if problems:
+        raise UserError(problems)
+
+
+@baseline_app.command("list")
+def baseline_list() -> None:
+    """List the baselines that ship with ftlab."""
+    from ftlab.baselines import builtin_baselines
+
+    for name in builtin_baselines():
+        console.print(name)
+
+
+def _print_baseline(info: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        console.print_json(json.dumps(info))
+        return
+    table = Table(title=f"Baseline from {info['source']}", show_header=False)
+    for key, value in info.items():
+        if key not in {"warnings", "source"} and value is not None:
+            table.add_row(key, str(value))
+    console.print(table)
+    for warning in info.get("warnings", []):
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+
+
+@baseline_app.command("show")
+def baseline_show(
+    name: Annotated[str, typer.Argument(help="A built-in baseline name (see `ftlab baseline list`).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show a built-in baseline's recipe and reported results, with consistency warnings."""
+    from ftlab.baselines import load_builtin
+
+    _print_baseline(load_builtin(name).as_json(), as_json)
+
+
+@baseline_app.command("from-card")
+def baseline_from_card(
+    card: Annotated[Path, typer.Argument(help="A README.md written by transformers' Trainer.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Write the recipe as YAML for a sweep's `baseline:`.")
+    ] = None,
+) -> None:
+    """Read the training recipe and reported results out of a Trainer model card."""
+    from ftlab.baselines import load_card
+
+    baseline = load_card(card)
+    _print_baseline(baseline.as_json(), as_json)
+    if output is not None:
+        header = [f"# Baseline recipe read from {card} by `ftlab baseline from-card`."]
+        header += [f"# warning: {warning}" for warning in baseline.warnings]
+        output.write_text("\n".join(header) + "\n" + yaml.safe_dump(baseline.training_settings(), sort_keys=False))
+        err_console.print(f"wrote {output}")
+
+
+@app.command("demo-assets")
+def demo_assets(force: Annotated[bool, typer.Option(help="Rebuild even if present.")] = False) -> None:
+    """Build the offline demo model, tokenizer and text (done automatically on first use)."""
+    from ftlab.demo import ensure_demo_assets
+
+    assets = ensure_demo_assets(force=force)
+    state = f"built in {assets.seconds:.1f} s" if assets.built else "already present"
+    console.print(f"demo model: {assets.model_dir}\ndemo text:  {assets.text_file}\n({state})")
+
+
+@app.command("train")
+def train_command(
+    file: SweepFile,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a training setting: --set learning_rate=1e-4.")
+    ] = None,
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Run one trial: the sweep file's baseline configuration (plus any --set), tracked as one MLflow run."""
+    _quiet_libraries()
+    from ftlab.config import load_sweep
+    from ftlab.settings import parse_set_options, resolve_train_config
+    from ftlab.tracking import default_tracking_uri, redact_url
+    from ftlab.trial import run_trial
+
+    sweep = load_sweep(file)
+    train_config = resolve_train_config(sweep, file.parent, parse_set_options(set_ or []), source=str(file))
+    uri = tracking_uri or sweep.tracking.uri or default_tracking_uri()
+    console.print(
+        f"training [bold]{sweep.name}[/bold] baseline on {sweep.model.name_or_path}; tracking at {redact_url(uri)}"
+    )
+    outcome = run_trial(sweep, train_config, sweep_dir=file.parent, tracking_uri=uri, run_name="train")
+    result = outcome.result
+    table = Table(title=f"{sweep.name}: one trial", show_header=False)
+    table.add_row("eval/loss", f"{result.eval_loss:.4f}")
+    table.add_row("eval/perplexity", f"{result.eval_perplexity:.3f}")
+    table.add_row("train/loss (run mean)", f"{result.train_loss:.4f}")
+    table.add_row("optimizer steps", str(result.steps))
+    table.add_row("tokens seen", f"{result.tokens_seen:,}")
+    table.add_row("tokens/s", f"{result.tokens_per_second:,.0f}")
+    table.add_row("device", outcome.device)
+    table.add_row("MLflow run", outcome.run_id)
+    table.add_row("model", str(outcome.model_dir))
+    console.print(table)
+    console.print(f"See it in the MLflow UI: mlflow ui --backend-store-uri {redact_url(uri)}")
+
+
+StorageUrl = Annotated[
+    str | None, typer.Option("--storage", help="Optuna storage URL; default SQLite in ./mlruns.", show_default=False)
+]
+
+
+@app.command()
+def sweep(
+    file: SweepFile,
+    n_trials: Annotated[
+        int | None, typer.Option("--n-trials", help="COMPLETE trials to reach in the study (overrides budget).")
+    ] = None,
+    timeout: Annotated[float | None, typer.Option("--timeout", help="Seconds after which no new trial starts.")] = None,
+    workers: Annotated[int, typer.Option("--workers", help="Trials at once on this machine (one per GPU).")] = 1,
+    storage: StorageUrl = None,
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Run (or resume) an Optuna study around the baseline; every trial is a process and a nested MLflow run."""
+    _quiet_libraries()
+    from ftlab.sweep.orchestrate import run_sweep
+    from ftlab.tracking import redact_url
+
+    outcome = run_sweep(
+        file,
+        n_trials=n_trials,
+        timeout=timeout,
+        workers=workers,
+        storage_url=storage,
+        tracking_uri=tracking_uri,
+        console=console,
+    )
+    console.print(outcome.comparison.sentence() if outcome.comparison else "no trial completed")
+    console.print(f"report: {outcome.report_dir} (also logged to MLflow run {outcome.parent_run_id})")
+    uri = tracking_uri or outcome.study.user_attrs.get("tracking_uri")
+    if uri:
+        console.print(f"MLflow UI: mlflow ui --backend-store-uri {redact_url(uri)}")
+
+
+@app.command()
+def status(
+    file: SweepFile,
+    storage: StorageUrl = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Every trial's state, params, objective and duration, and the best against the baseline."""
+    from ftlab.sweep.orchestrate import open_sweep_study
+    from ftlab.sweep.summary import compare, format_value, status_json, trial_row
+
+    sweep_config, study = open_sweep_study(file, storage)
+    metric = sweep_config.objectives[0].metric
+    if as_json:
+        console.print_json(json.dumps(status_json(study, metric), default=str))
+        return
+    table = Table(title=f"study {study.study_name}")
+    for column in ("#", "state", metric, "perplexity", "duration", "params", "note"):
+        table.add_column(column)
+    for trial in study.get_trials(deepcopy=False):
+        row = trial_row(trial)
+        value = row.values[0] if row.values else None
+        table.add_row(
+            f"{row.number}" + (" (baseline)" if row.baseline else ""),
+            row.state,
+            format_value(value),
+            format_value(row.perplexity),
+            f"{row.duration_s:.0f} s" if row.duration_s is not None else "-",
+            ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.params.items()),
+            (row.reason or "")[:60],
+        )
+    console.print(table)
+    comparison = compare(study, metric)
+    console.print(comparison.sentence() if comparison else "no trial has completed yet")
+
+
+@app.command()
+def report(file: SweepFile, storage: StorageUrl = None, tracking_uri: TrackingUri = None) -> None:
+    """Regenerate the sweep's plots and best-versus-baseline table and log them to its parent MLflow run."""
+    _quiet_libraries()
+    from ftlab.sweep.orchestrate import report_sweep
+
+    out_dir = report_sweep(file, storage, tracking_uri)
+    console.print(f"report written to {out_dir} and logged to the parent run under report/")
+
+
+def main() -> None:
+    """Console-script entry point: user errors become a message and exit code 2."""
+    try:
+        app()
+    except UserError as error:
+        err_console.print(f"[bold red]error:[/bold red] {error}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

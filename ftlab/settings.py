@@ -1,0 +1,80 @@
+"""Resolve one trial's training settings: TrainingArguments defaults < baseline < the sweep's fixed ``train`` block <
+overrides (sampled values or ``--set``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from ftlab.config import TRAIN_KEYS, SweepConfig, TrainConfig
+from ftlab.errors import ConfigError, Problem
+
+
+def baseline_settings(sweep: SweepConfig, sweep_dir: Path) -> dict[str, Any]:
+    """The baseline's TrainingArguments settings: from a built-in name, a Trainer model card, or inline."""
+    if sweep.baseline is None:
+        return {}
+    if isinstance(sweep.baseline, dict):
+        return dict(sweep.baseline)
+    from ftlab.baselines import resolve_baseline
+
+    return resolve_baseline(sweep.baseline, relative_to=sweep_dir).training_settings()
+
+
+def parse_set_options(assignments: list[str]) -> dict[str, Any]:
+    """``--set key=value`` pairs; values are read as YAML scalars so ``1e-4`` is a float and ``true`` a bool."""
+    overrides: dict[str, Any] = {}
+    for assignment in assignments:
+        key, sep, raw = assignment.partition("=")
+        key = key.strip().removeprefix("train.")
+        if not sep or not key:
+            raise ConfigError.single(
+                "expected key=value", where="--set", value=assignment, fix="write e.g. --set learning_rate=1e-4"
+            )
+        if key not in TRAIN_KEYS:
+            raise ConfigError.single(
+                f"`{key}` is not a TrainingArguments setting ftlab knows",
+                where="--set",
+                value=assignment,
+                fix=f"use one of: {', '.join(sorted(TRAIN_KEYS))}",
+            )
+        overrides[key] = _scalar(raw)
+    return overrides
+
+
+def _scalar(raw: str) -> Any:
+    """A YAML scalar, except that ``1e-4`` is a float (YAML 1.1 wants ``1.0e-4``, users don't)."""
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def resolve_train_config(
+    sweep: SweepConfig, sweep_dir: Path, overrides: dict[str, Any] | None = None, source: str = "<sweep>"
+) -> TrainConfig:
+    """Merge baseline, fixed settings and overrides into one validated :class:`TrainConfig`.
+
+    Raises:
+        ConfigError: the merged settings break the schema (e.g. warmup_ratio and warmup_steps both set).
+    """
+    merged = {**baseline_settings(sweep, sweep_dir), **sweep.train, **(overrides or {})}
+    try:
+        return TrainConfig.model_validate(merged)
+    except ValidationError as error:
+        problems = [
+            Problem(
+                item["msg"].removeprefix("Value error, "),
+                f"{source}:train.{'.'.join(str(part) for part in item['loc'])}" if item["loc"] else f"{source}:train",
+                value=item.get("input"),
+                fix="check the baseline, the `train` block and any --set or sampled value for this key",
+            )
+            for item in error.errors()
+        ]
+        raise ConfigError(problems) from None

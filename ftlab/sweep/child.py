@@ -1,0 +1,244 @@
+"""What runs inside a trial's own process: train, report to Optuna for pruning, write one result file.
+
+The sweep process starts this through a fork server that has already imported torch, transformers, datasets, MLflow
+and Optuna, so a trial process starts in a fraction of a second yet shares no state (or GPU memory) with the others.
+Whatever happens here, the parent learns it from the result file, or from the exit code when the process died.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import os
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from mlflow import MlflowClient
+
+from ftlab.config import SweepConfig
+from ftlab.errors import UserError
+from ftlab.settings import resolve_train_config
+from ftlab.sweep.space import split_effective_batch
+from ftlab.sweep.study import open_storage
+from ftlab.tracking import RunTracker
+from ftlab.training.callbacks import TrainingCallback, TrainPlan
+from ftlab.training.loop import NonFiniteLossError
+from ftlab.trial import run_trial
+
+
+@dataclass(frozen=True)
+class TrialJob:
+    """Everything a trial process needs, picklable."""
+
+    sweep: dict[str, Any]
+    sweep_dir: str
+    storage_url: str
+    study_name: str
+    trial_id: int
+    trial_number: int
+    overrides: dict[str, Any]
+    tracking_uri: str
+    run_id: str
+    result_file: str
+    progress_file: str
+    cuda_visible_devices: str | None = None
+
+
+@dataclass
+class TrialReport:
+    """The result file's content."""
+
+    state: str  # complete | pruned | failed | interrupted
+    reason: str = ""
+    values: list[float] = field(default_factory=list)
+    eval_loss: float | None = None
+    perplexity: float | None = None
+    train_loss: float | None = None
+    tokens_seen: int | None = None
+    seconds: float | None = None
+    device: str | None = None
+    model_dir: str | None = None
+    data_fingerprint: str | None = None
+    per_device_train_batch_size: int | None = None
+    gradient_accumulation_steps: int | None = None
+
+    def write(self, path: Path) -> None:
+        staging = path.with_suffix(".tmp")
+        staging.write_text(json.dumps(asdict(self)))
+        os.replace(staging, path)
+
+    @classmethod
+    def read(cls, path: Path) -> TrialReport | None:
+        return cls(**json.loads(path.read_text())) if path.exists() else None
+
+
+class SettingsNotAppliedError(RuntimeError):
+    """A sampled hyperparameter did not reach the trainer as sampled."""
+
+
+class PruningCallback(TrainingCallback):
+    """Reports the objective at fidelity points measured in tokens seen and stops the trial if Optuna says so."""
+
+    def __init__(self, trial: optuna.Trial, metric: str, expected: dict[str, Any], can_prune: bool) -> None:
+        self.trial = trial
+        self.metric = metric
+        self.expected = expected
+        self.can_prune = can_prune
+
+    def on_train_begin(self, plan: TrainPlan) -> None:
+        # A silently ignored hyperparameter would make the sweep's result a lie: check what the trainer really uses.
+        lr = self.expected["learning_rate"]
+        if not math.isclose(plan.learning_rate, lr, rel_tol=1e-9):
+            raise SettingsNotAppliedError(f"learning_rate sampled {lr} but the optimizer runs at {plan.learning_rate}")
+        batch = self.expected["total_train_batch_size"]
+        if plan.total_train_batch_size != batch:
+            raise SettingsNotAppliedError(
+                f"effective batch sampled {batch} but the trainer runs {plan.per_device_train_batch_size} × "
+                f"{plan.gradient_accumulation_steps} = {plan.total_train_batch_size}"
+            )
+
+    def on_evaluate(self, step: int, tokens_seen: int, metrics: dict[str, float]) -> None:
+        if not self.can_prune or self.metric not in metrics:
+            return
+        value = metrics[self.metric]
+        self.trial.report(value, step=tokens_seen)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after {tokens_seen:,} tokens: {self.metric} {value:.4f}")
+
+
+class ProgressCallback(TrainingCallback):
+    """Writes the latest step, loss and eval loss to a small file that the sweep's live view reads."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.state: dict[str, Any] = {"step": 0, "total_steps": None, "train_loss": None, "eval_loss": None}
+
+    def _write(self) -> None:
+        staging = self.path.with_suffix(".tmp")
+        staging.write_text(json.dumps(self.state))
+        os.replace(staging, self.path)
+
+    def on_train_begin(self, plan: TrainPlan) -> None:
+        self.state.update(step=0, total_steps=plan.total_steps)
+        self._write()
+
+    def on_log(self, step: int, metrics: dict[str, float]) -> None:
+        self.state.update(step=step, train_loss=metrics["train/loss"])
+        self._write()
+
+    def on_evaluate(self, step: int, tokens_seen: int, metrics: dict[str, float]) -> None:
+        self.state.update(step=step, eval_loss=metrics["eval/loss"])
+        self._write()
+
+
+def _objective_values(sweep: SweepConfig, eval_loss: float, perplexity: float, seconds: float) -> list[float]:
+    by_metric = {"eval/loss": eval_loss, "eval/perplexity": perplexity, "cost/device_hours": seconds / 3600}
+    return [by_metric[objective.metric] for objective in sweep.objectives]
+
+
+def run_trial_job(job: TrialJob) -> None:
+    """Entry point of a trial process. Never raises: every outcome ends in the result file and the run's state."""
+    if job.cuda_visible_devices is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = job.cuda_visible_devices  # before anything touches CUDA
+    from ftlab.cli import _quiet_libraries
+
+    _quiet_libraries()
+    result_file = Path(job.result_file)
+    tracker = RunTracker(MlflowClient(tracking_uri=job.tracking_uri), job.run_id)
+    try:
+        report = _train_with_oom_retry(job, tracker)
+    except KeyboardInterrupt:
+        report = TrialReport("interrupted", "stopped by Ctrl-C")
+        tracker.end("KILLED", reason=report.reason)
+    report.write(result_file)
+
+
+def _train_with_oom_retry(job: TrialJob, tracker: RunTracker) -> TrialReport:
+    sweep = SweepConfig.model_validate(job.sweep)
+    sweep_dir = Path(job.sweep_dir)
+    study = optuna.load_study(study_name=job.study_name, storage=open_storage(job.storage_url))
+    trial = optuna.trial.Trial(study, job.trial_id)
+    overrides = dict(job.overrides)
+    oom_history: list[str] = []
+    while True:
+        out_of_memory = None
+        try:
+            train_config = resolve_train_config(sweep, sweep_dir, overrides)
+            expected = {
+                "learning_rate": train_config.learning_rate,
+                "total_train_batch_size": train_config.total_train_batch_size,
+            }
+            callbacks = [
+                PruningCallback(trial, sweep.objectives[0].metric, expected, can_prune=len(sweep.objectives) == 1),
+                ProgressCallback(Path(job.progress_file)),
+            ]
+            outcome = run_trial(
+                sweep,
+                train_config,
+                sweep_dir=sweep_dir,
+                tracking_uri=job.tracking_uri,
+                run_name=f"trial-{job.trial_number:03d}",
+                callbacks=callbacks,
+                tracker=tracker,
+                log_params=not oom_history,  # MLflow params are immutable; retries are recorded as tags
+            )
+            result = outcome.result
+            tracker.end("FINISHED")
+            return TrialReport(
+                "complete",
+                values=_objective_values(sweep, result.eval_loss, result.eval_perplexity, result.seconds),
+                eval_loss=result.eval_loss,
+                perplexity=result.eval_perplexity,
+                train_loss=result.train_loss,
+                tokens_seen=result.tokens_seen,
+                seconds=result.seconds,
+                device=outcome.device,
+                model_dir=str(outcome.model_dir),
+                data_fingerprint=outcome.data_fingerprint,
+                per_device_train_batch_size=train_config.per_device_train_batch_size,
+                gradient_accumulation_steps=train_config.gradient_accumulation_steps,
+            )
+        except torch.cuda.OutOfMemoryError as error:
+            out_of_memory = str(error).splitlines()[0] if str(error) else "CUDA out of memory"
+        except optuna.TrialPruned as error:
+            tracker.end("KILLED", reason=f"pruned: {error}")
+            return TrialReport("pruned", str(error))
+        except NonFiniteLossError as error:
+            reason = f"pruned: {error}"
+            tracker.end("KILLED", reason=reason)
+            return TrialReport("pruned", reason)
+        except (UserError, SettingsNotAppliedError) as error:
+            tracker.end("FAILED", reason=str(error))
+            return TrialReport("failed", str(error))
+        except Exception as error:
+            reason = f"{type(error).__name__}: {error}"
+            tracker.end("FAILED", reason=reason + "\n" + traceback.format_exc(limit=8))
+            return TrialReport("failed", reason)
+
+        # Out of memory: free the failed attempt (outside the except block, whose traceback pins its tensors),
+        # then retry with half the micro-batch and twice the accumulation: the sampled effective batch is kept.
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        micro, total = train_config.per_device_train_batch_size, train_config.total_train_batch_size
+        if micro == 1:
+            reason = f"out of memory even at per_device_train_batch_size=1: {out_of_memory}"
+            tracker.end("FAILED", reason=reason)
+            return TrialReport("failed", reason)
+        new_micro, new_accumulation = split_effective_batch(total, max(1, micro // 2))
+        oom_history.append(f"{micro}x{train_config.gradient_accumulation_steps}->{new_micro}x{new_accumulation}")
+        overrides.update(per_device_train_batch_size=new_micro, gradient_accumulation_steps=new_accumulation)
+        tracker.set_tags(
+            {
+                "ftlab.oom_retries": ", ".join(oom_history),
+                "ftlab.applied.per_device_train_batch_size": str(new_micro),
+                "ftlab.applied.gradient_accumulation_steps": str(new_accumulation),
+            }
+        )
+        time.sleep(0)  # yield before the retry; nothing to wait for on purpose

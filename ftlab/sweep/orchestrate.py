@@ -1,0 +1,116 @@
+"""The library entry points behind ``ftlab sweep``, ``ftlab status`` and ``ftlab report``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from rich.console import Console
+
+from ftlab.config import SweepConfig, load_sweep
+from ftlab.errors import UserError
+from ftlab.sweep.report import log_report
+from ftlab.sweep.runner import PARENT_RUN_ATTR, SweepRunner
+from ftlab.sweep.study import load_study, storage_url_for
+from ftlab.sweep.summary import Comparison, compare
+from ftlab.sweep.view import SweepView
+from ftlab.tracking import default_tracking_uri
+
+
+@dataclass
+class SweepOutcome:
+    study: optuna.Study
+    comparison: Comparison | None
+    parent_run_id: str
+    report_dir: Path
+
+
+def tracking_uri_for(sweep: SweepConfig, override: str | None = None) -> str:
+    return override or sweep.tracking.uri or default_tracking_uri()
+
+
+def report_dir_for(sweep: SweepConfig) -> Path:
+    return Path(".ftlab") / "reports" / sweep.name
+
+
+def run_sweep(
+    sweep_file: Path,
+    *,
+    n_trials: int | None = None,
+    timeout: float | None = None,
+    workers: int = 1,
+    storage_url: str | None = None,
+    tracking_uri: str | None = None,
+    console: Console | None = None,
+    live: bool | None = None,
+) -> SweepOutcome:
+    """Run (or resume) the sweep in ``sweep_file`` and log its report to the parent MLflow run.
+
+    ``n_trials`` and ``timeout`` override the file's ``budget``; ``n_trials`` counts COMPLETE trials in the study,
+    so running a finished sweep again does nothing and raising ``n_trials`` adds trials.
+    """
+    if workers < 1:
+        raise UserError.single(
+            "need at least one worker", where="--workers", value=workers, fix="pass --workers 1 or more"
+        )
+    console = console or Console()
+    sweep = load_sweep(sweep_file)
+    storage = storage_url_for(sweep, storage_url)
+    uri = tracking_uri_for(sweep, tracking_uri)
+    runner = SweepRunner(sweep, sweep_file, storage, uri, workers=workers)
+    view = SweepView(runner, console, sweep.objectives[0].metric, live=live)
+    runner.on_event = view.on_event
+    budget = n_trials if n_trials is not None else sweep.budget.n_trials
+    if budget is None and timeout is None and sweep.budget.timeout is None:
+        raise UserError.single(
+            "the sweep has no budget: it would run forever",
+            where=f"{sweep_file}:budget",
+            fix="set budget.n_trials or budget.timeout in the file, or pass --n-trials / --timeout",
+        )
+    status = "FINISHED"
+    try:
+        with view.context():
+            runner.run(budget, timeout if timeout is not None else sweep.budget.timeout)
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        report_dir = report_dir_for(sweep)
+        if runner.parent_run_id:
+            log_report(runner.study, sweep, uri, runner.parent_run_id, report_dir)
+            runner.finish(status)
+    return SweepOutcome(
+        runner.study, compare(runner.study, sweep.objectives[0].metric), runner.parent_run_id, report_dir
+    )
+
+
+def open_sweep_study(sweep_file: Path, storage_url: str | None = None) -> tuple[SweepConfig, optuna.Study]:
+    """The sweep file and its existing study, for commands that only read.
+
+    Raises:
+        UserError: the study does not exist in that storage yet.
+    """
+    sweep = load_sweep(sweep_file)
+    storage = storage_url_for(sweep, storage_url)
+    try:
+        return sweep, load_study(sweep, storage)
+    except KeyError:
+        raise UserError.single(
+            f"no study named {sweep.name!r} in the storage",
+            where=str(sweep_file),
+            fix=f"run `ftlab sweep {sweep_file}` first, or pass the --storage it ran with",
+        ) from None
+
+
+def report_sweep(sweep_file: Path, storage_url: str | None = None, tracking_uri: str | None = None) -> Path:
+    """Regenerate the plots and comparison and log them to the sweep's parent run; returns the report folder."""
+    sweep, study = open_sweep_study(sweep_file, storage_url)
+    parent = study.user_attrs.get(PARENT_RUN_ATTR)
+    if not parent:
+        raise UserError.single(
+            "the sweep has no MLflow parent run yet", where=str(sweep_file), fix="run the sweep first"
+        )
+    out_dir = report_dir_for(sweep)
+    log_report(study, sweep, tracking_uri_for(sweep, tracking_uri), parent, out_dir)
+    return out_dir

@@ -1,0 +1,118 @@
+"""The sweep's report: Optuna's plots as HTML and PNG plus a best-versus-baseline table, logged to the parent run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from ftlab.config import SweepConfig
+from ftlab.sweep.summary import compare, format_value, status_json, trial_row
+
+logger = logging.getLogger(__name__)
+
+PlotFn = Callable[..., Any]
+
+
+def _plots(study: optuna.Study) -> dict[str, tuple[PlotFn, PlotFn, dict[str, Any]]]:
+    """name → (plotly function, matplotlib function, kwargs); Optuna's own visualisations."""
+    from optuna import visualization as vis
+    from optuna.visualization import matplotlib as mpl
+
+    kwargs: dict[str, Any] = {}
+    if len(study.directions) > 1:
+        kwargs = {"target": lambda trial: trial.values[0], "target_name": "objective 0"}
+    plots = {
+        "optimization_history": (vis.plot_optimization_history, mpl.plot_optimization_history, kwargs),
+        "param_importances": (vis.plot_param_importances, mpl.plot_param_importances, kwargs),
+        "parallel_coordinate": (vis.plot_parallel_coordinate, mpl.plot_parallel_coordinate, kwargs),
+        "slice": (vis.plot_slice, mpl.plot_slice, kwargs),
+    }
+    if len(study.directions) == 1:
+        plots["intermediate_values"] = (vis.plot_intermediate_values, mpl.plot_intermediate_values, {})
+    else:
+        plots["pareto_front"] = (vis.plot_pareto_front, mpl.plot_pareto_front, {})
+    return plots
+
+
+def _save_png(axes: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    first = axes.flat[0] if hasattr(axes, "flat") else axes
+    figure = first.get_figure()
+    figure.set_size_inches(max(figure.get_size_inches()[0], 8), max(figure.get_size_inches()[1], 5))
+    figure.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(figure)
+
+
+def comparison_markdown(study: optuna.Study, sweep: SweepConfig) -> str:
+    """A best-versus-baseline table, readable in the MLflow UI and in a terminal."""
+    metric = sweep.objectives[0].metric
+    comparison = compare(study, metric)
+    lines = [f"# {study.study_name}: best trial vs baseline", ""]
+    if comparison is None:
+        return "\n".join([*lines, "No trial has completed yet."])
+    rows = {trial.number: trial_row(trial) for trial in study.get_trials(deepcopy=False)}
+    best = rows[comparison.best_trial]
+    base = rows.get(comparison.baseline_trial) if comparison.baseline_trial is not None else None
+    lines += ["| | baseline | best |", "|---|---|---|"]
+    lines.append(f"| trial | {base.number if base else '-'} | {best.number} |")
+    lines.append(f"| {metric} | {format_value(comparison.baseline_value)} | {format_value(comparison.best_value)} |")
+    lines.append(
+        f"| eval/perplexity | {format_value(base.perplexity if base else None)} | {format_value(best.perplexity)} |"
+    )
+    for key in sorted(best.params):
+        lines.append(f"| {key} | {base.params.get(key, '-') if base else '-'} | {best.params[key]} |")
+    lines += ["", comparison.sentence()]
+    return "\n".join(lines)
+
+
+def write_report(study: optuna.Study, sweep: SweepConfig, out_dir: Path) -> list[Path]:
+    """Write every plot that the study's trials allow (HTML and PNG) plus the comparison; returns the files."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers; PNGs only
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    html_parts: list[str] = []
+    completed = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    for name, (plotly_fn, matplotlib_fn, kwargs) in _plots(study).items():
+        if name == "param_importances" and completed < 2:
+            continue  # importances need at least two completed trials
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Optuna marks its matplotlib backend experimental
+                figure = plotly_fn(study, **kwargs)
+                _save_png(matplotlib_fn(study, **kwargs), out_dir / f"{name}.png")
+        except (ValueError, RuntimeError, ZeroDivisionError) as error:
+            logger.info("skipping plot %s: %s", name, error)
+            continue
+        # One HTML file embeds plotly.js once (it works offline) instead of once per plot.
+        include = "inline" if not html_parts else False
+        html_parts.append(figure.to_html(full_html=False, include_plotlyjs=include))
+        written.append(out_dir / f"{name}.png")
+    comparison = comparison_markdown(study, sweep)
+    (out_dir / "best_vs_baseline.md").write_text(comparison + "\n")
+    (out_dir / "status.json").write_text(json.dumps(status_json(study, sweep.objectives[0].metric), indent=2))
+    html = f"<html><head><meta charset='utf-8'><title>{study.study_name}</title></head><body>"
+    html += f"<pre>{comparison}</pre>" + "".join(html_parts) + "</body></html>"
+    (out_dir / "report.html").write_text(html)
+    written += [out_dir / "best_vs_baseline.md", out_dir / "status.json", out_dir / "report.html"]
+    return written
+
+
+def log_report(
+    study: optuna.Study, sweep: SweepConfig, tracking_uri: str, parent_run_id: str, out_dir: Path
+) -> list[Path]:
+    """Write the report and log it to the sweep's parent run under ``report/``."""
+    from mlflow import MlflowClient
+
+    files = write_report(study, sweep, out_dir)
+    MlflowClient(tracking_uri=tracking_uri).log_artifacts(parent_run_id, str(out_dir), "report")
+    return files

@@ -1,0 +1,299 @@
+"""``ftlab sweep``: an Optuna study around the baseline, each trial in a process of its own, each a nested MLflow run.
+
+Worker threads in this process ask the study for a trial, start a trial process, wait for it and tell the study the
+outcome. The study's storage is the single source of truth, so a sweep run again resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from ftlab.config import SweepConfig, TrainConfig
+from ftlab.settings import resolve_train_config
+from ftlab.sweep.child import TrialJob, TrialReport, run_trial_job
+from ftlab.sweep.space import baseline_point, sample_overrides
+from ftlab.sweep.study import create_or_load_study
+from ftlab.tracking import RunTracker, flatten, redact_url
+
+BASELINE_ATTR = "baseline"
+RUN_ID_ATTR = "mlflow_run_id"
+PARENT_RUN_ATTR = "mlflow_parent_run_id"
+FAIL_REASON_ATTR = "fail_reason"
+_POLL_S = 0.5
+
+# Modules every trial needs, imported once by the fork server instead of once per trial process.
+_PRELOAD = ["ftlab.sweep.child", "torch", "transformers", "datasets", "mlflow", "optuna"]
+
+
+@dataclass
+class TrialEvent:
+    """Something the live view or the plain log shows."""
+
+    kind: str  # started | complete | pruned | failed | interrupted
+    number: int
+    params: dict[str, Any]
+    baseline: bool
+    report: TrialReport | None = None
+    worker: int = 0
+
+
+@dataclass
+class RunningTrial:
+    number: int
+    params: dict[str, Any]
+    baseline: bool
+    progress_file: Path
+    started: float = field(default_factory=time.time)
+
+
+def _trial_process_context() -> multiprocessing.context.BaseContext:
+    """A fork server preloaded with the heavy imports: trial processes start fast and share nothing."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(_PRELOAD)
+    return context
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is not None and code < 0:
+        return f"killed by signal {signal.Signals(-code).name}"
+    return f"exited with code {code}"
+
+
+class SweepRunner:
+    """Runs one sweep from this machine with ``workers`` trials at a time."""
+
+    def __init__(
+        self,
+        sweep: SweepConfig,
+        sweep_file: Path,
+        storage_url: str,
+        tracking_uri: str,
+        workers: int = 1,
+        on_event: Callable[[TrialEvent], None] | None = None,
+    ) -> None:
+        self.sweep = sweep
+        self.sweep_file = sweep_file
+        self.sweep_dir = sweep_file.parent
+        self.storage_url = storage_url
+        self.tracking_uri = tracking_uri
+        self.workers = workers
+        self.on_event = on_event or (lambda event: None)
+        self.baseline_config: TrainConfig = resolve_train_config(sweep, self.sweep_dir, source=str(sweep_file))
+        self.baseline_point = baseline_point(sweep, self.baseline_config, str(sweep_file))
+        self.study: optuna.Study = create_or_load_study(sweep, storage_url)
+        self.parent_run_id = ""
+        self.running: dict[int, RunningTrial] = {}
+        self.stop_event = threading.Event()
+        self._lock = threading.Lock()
+        self._context = _trial_process_context()
+        self._processes: set[multiprocessing.process.BaseProcess] = set()
+        self.experiment = sweep.tracking.experiment or sweep.name
+
+    # --- setup -------------------------------------------------------------------------------------------------
+
+    def enqueue_baseline(self) -> None:
+        """The documented recipe is trial 0 of every sweep, so the search is always measured against it."""
+        has_baseline = any(trial.user_attrs.get(BASELINE_ATTR) for trial in self.study.get_trials(deepcopy=False))
+        if not has_baseline:
+            self.study.enqueue_trial(self.baseline_point, user_attrs={BASELINE_ATTR: True}, skip_if_exists=False)
+
+    def start_parent_run(self) -> str:
+        """One MLflow parent run per sweep, reopened when the sweep resumes."""
+        existing = self.study.user_attrs.get(PARENT_RUN_ATTR)
+        if existing:
+            from mlflow import MlflowClient
+
+            client = MlflowClient(tracking_uri=self.tracking_uri)
+            try:
+                client.update_run(existing, status="RUNNING")
+                self.parent_run_id = existing
+                return existing
+            except Exception:  # the tracking store was reset since; start a fresh parent run
+                pass
+        tracker = RunTracker.start(
+            self.tracking_uri,
+            self.experiment,
+            run_name=self.sweep.name,
+            tags={
+                "ftlab.role": "sweep",
+                "optuna.study_name": self.sweep.name,
+                "optuna.storage": redact_url(self.storage_url),
+                "ftlab.sweep_file": str(self.sweep_file),
+            },
+        )
+        tracker.log_params(flatten(self.sweep.model_dump(mode="json", exclude={"storage", "tracking"})))
+        self.study.set_user_attr(PARENT_RUN_ATTR, tracker.run_id)
+        self.parent_run_id = tracker.run_id
+        return tracker.run_id
+
+    # --- budget ------------------------------------------------------------------------------------------------
+
+    def _counts(self) -> dict[TrialState, int]:
+        counts = dict.fromkeys(TrialState, 0)
+        for trial in self.study.get_trials(deepcopy=False):
+            counts[trial.state] += 1
+        return counts
+
+    def _may_start(self, n_trials: int | None) -> bool | None:
+        """True: start a trial now. None: wait (running trials may still meet the budget). False: done."""
+        if n_trials is None:
+            return True
+        counts = self._counts()
+        if counts[TrialState.COMPLETE] >= n_trials:
+            return False
+        if counts[TrialState.COMPLETE] + counts[TrialState.RUNNING] >= n_trials:
+            return None
+        return True
+
+    # --- the worker loop ---------------------------------------------------------------------------------------
+
+    def run(self, n_trials: int | None, timeout: float | None) -> None:
+        """Run trials until ``n_trials`` COMPLETE trials exist in the study, ``timeout`` passes, or Ctrl-C."""
+        self.enqueue_baseline()
+        self.start_parent_run()
+        deadline = time.monotonic() + timeout if timeout else None
+        threads = [
+            threading.Thread(target=self._worker, args=(index, n_trials, deadline), name=f"ftlab-worker-{index}")
+            for index in range(self.workers)
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            while any(thread.is_alive() for thread in threads):
+                for thread in threads:
+                    thread.join(timeout=_POLL_S)
+        except KeyboardInterrupt:
+            self.stop_event.set()
+            self._interrupt_trials()
+            for thread in threads:
+                thread.join()
+            raise
+
+    def _worker(self, index: int, n_trials: int | None, deadline: float | None) -> None:
+        while not self.stop_event.is_set():
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            with self._lock:  # threads of this process agree on the budget before asking
+                decision = self._may_start(n_trials)
+                trial = self.study.ask() if decision else None
+            if decision is False:
+                return
+            if trial is None:
+                time.sleep(_POLL_S)
+                continue
+            self._run_one(trial, index)
+
+    def _cuda_devices_for(self, worker: int) -> str | None:
+        """One GPU per worker when there are several, by CUDA_VISIBLE_DEVICES; CPU workers share the CPU."""
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        gpus = visible.split(",") if visible else None
+        if gpus is None:
+            import torch
+
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            gpus = [str(i) for i in range(count)]
+        if not gpus or self.workers == 1:
+            return None
+        return gpus[worker % len(gpus)]
+
+    def _run_one(self, trial: optuna.Trial, worker: int) -> None:
+        is_baseline = bool(trial.user_attrs.get(BASELINE_ATTR))
+        overrides = sample_overrides(trial, self.sweep, self.baseline_config)
+        run = RunTracker.start(
+            self.tracking_uri,
+            self.experiment,
+            run_name=f"trial-{trial.number:03d}" + ("-baseline" if is_baseline else ""),
+            parent_run_id=self.parent_run_id,
+            tags={
+                "optuna.trial.number": str(trial.number),
+                "optuna.study_name": self.sweep.name,
+                "ftlab.baseline": str(is_baseline).lower(),
+            },
+        )
+        trial.set_user_attr(RUN_ID_ATTR, run.run_id)
+        trial_dir = Path(self.baseline_config.output_dir) / self.sweep.name / f"trial-{trial.number:03d}"
+        trial_dir.mkdir(parents=True, exist_ok=True)
+        job = TrialJob(
+            sweep=self.sweep.model_dump(mode="json"),
+            sweep_dir=str(self.sweep_dir),
+            storage_url=self.storage_url,
+            study_name=self.sweep.name,
+            trial_id=trial._trial_id,
+            trial_number=trial.number,
+            overrides=overrides,
+            tracking_uri=self.tracking_uri,
+            run_id=run.run_id,
+            result_file=str(trial_dir / "result.json"),
+            progress_file=str(trial_dir / "progress.json"),
+            cuda_visible_devices=self._cuda_devices_for(worker),
+        )
+        Path(job.result_file).unlink(missing_ok=True)
+        running = RunningTrial(trial.number, trial.params, is_baseline, Path(job.progress_file))
+        with self._lock:
+            self.running[trial.number] = running
+        self.on_event(TrialEvent("started", trial.number, trial.params, is_baseline, worker=worker))
+        try:
+            report = self._run_process(job)
+            if report is None:  # the process died without a word: segfault, OOM killer, SIGKILL
+                reason = f"trial process {_describe_exit(self._last_exitcode)}"
+                run.end("FAILED", reason=reason)
+                report = TrialReport("failed", reason)
+            self._tell(trial, report)
+        finally:
+            with self._lock:
+                self.running.pop(trial.number, None)
+        self.on_event(TrialEvent(report.state, trial.number, trial.params, is_baseline, report, worker))
+
+    _last_exitcode: int | None = None
+
+    def _run_process(self, job: TrialJob) -> TrialReport | None:
+        process = self._context.Process(target=run_trial_job, args=(job,), name=f"ftlab-trial-{job.trial_number}")
+        process.start()
+        with self._lock:
+            self._processes.add(process)
+        process.join()
+        with self._lock:
+            self._processes.discard(process)
+        self._last_exitcode = process.exitcode
+        return TrialReport.read(Path(job.result_file))
+
+    def _interrupt_trials(self) -> None:
+        """Ctrl-C reaches the trial processes too; make sure, so each ends its run KILLED and writes its result."""
+        with self._lock:
+            processes = list(self._processes)
+        for process in processes:
+            if process.is_alive() and process.pid:
+                os.kill(process.pid, signal.SIGINT)
+
+    def _tell(self, trial: optuna.Trial, report: TrialReport) -> None:
+        if report.state == "complete":
+            for key in ("eval_loss", "perplexity", "train_loss", "tokens_seen", "seconds", "model_dir", "device"):
+                trial.set_user_attr(key, getattr(report, key))
+            trial.set_user_attr("data_fingerprint", report.data_fingerprint)
+            trial.set_user_attr("per_device_train_batch_size", report.per_device_train_batch_size)
+            trial.set_user_attr("gradient_accumulation_steps", report.gradient_accumulation_steps)
+            self.study.tell(trial, report.values)
+        elif report.state == "pruned":
+            trial.set_user_attr("prune_reason", report.reason)
+            self.study.tell(trial, state=TrialState.PRUNED)
+        else:
+            trial.set_user_attr(FAIL_REASON_ATTR, report.reason)
+            self.study.tell(trial, state=TrialState.FAIL)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        """Close the parent run (the report module logs plots to it first)."""
+        if self.parent_run_id:
+            from mlflow import MlflowClient
+
+            MlflowClient(tracking_uri=self.tracking_uri).set_terminated(self.parent_run_id, status=status)

@@ -1,0 +1,94 @@
+"""The search space around the baseline: what each trial samples, and the baseline's own point in it."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import optuna
+
+from ftlab.config import CategoricalParam, FactorParam, FloatParam, IntParam, ParamSpec, SweepConfig, TrainConfig
+from ftlab.errors import ConfigError
+
+
+def split_effective_batch(total: int, max_micro_batch: int) -> tuple[int, int]:
+    """(per_device_train_batch_size, gradient_accumulation_steps) for an effective batch of ``total`` sequences.
+
+    The micro-batch is the largest divisor of ``total`` that is at most ``max_micro_batch`` (the baseline's, which
+    is what fits in memory), so micro-batch × accumulation is exactly ``total``.
+    """
+    micro = max(d for d in range(1, min(total, max_micro_batch) + 1) if total % d == 0)
+    return micro, total // micro
+
+
+def _suggest(trial: optuna.Trial, name: str, spec: ParamSpec, baseline: TrainConfig) -> Any:
+    if isinstance(spec, FactorParam):
+        center = float(getattr(baseline, name))
+        low, high = spec.factor
+        return trial.suggest_float(name, center * low, center * high, log=True)
+    if isinstance(spec, FloatParam):
+        return trial.suggest_float(name, spec.low, spec.high, log=spec.log, step=spec.step)
+    if isinstance(spec, IntParam):
+        return trial.suggest_int(name, spec.low, spec.high, log=spec.log, step=spec.step)
+    assert isinstance(spec, CategoricalParam)
+    return trial.suggest_categorical(name, spec.choices)
+
+
+def sample_overrides(trial: optuna.Trial, sweep: SweepConfig, baseline: TrainConfig) -> dict[str, Any]:
+    """Sample every searched key and turn the result into TrainingArguments overrides."""
+    overrides: dict[str, Any] = {}
+    for name, spec in sweep.search.items():
+        value = _suggest(trial, name, spec, baseline)
+        if name == "total_train_batch_size":
+            micro, accumulation = split_effective_batch(int(value), baseline.per_device_train_batch_size)
+            overrides["per_device_train_batch_size"] = micro
+            overrides["gradient_accumulation_steps"] = accumulation
+        else:
+            overrides[name] = value
+    return overrides
+
+
+def baseline_point(sweep: SweepConfig, baseline: TrainConfig, source: str = "<sweep>") -> dict[str, Any]:
+    """The baseline's values for every searched key: trial 0 is enqueued with exactly these.
+
+    Raises:
+        ConfigError: the baseline's value is not among a categorical key's choices (trial 0 could not be run).
+    """
+    point: dict[str, Any] = {}
+    for name, spec in sweep.search.items():
+        value = baseline.total_train_batch_size if name == "total_train_batch_size" else getattr(baseline, name)
+        if isinstance(spec, CategoricalParam) and value not in spec.choices:
+            raise ConfigError.single(
+                f"the baseline's value for `{name}` is not among the choices, so the baseline cannot be trial 0",
+                where=f"{source}:search.{name}.choices",
+                value=spec.choices,
+                fix=f"add {value!r} to the choices",
+            )
+        point[name] = value
+    return point
+
+
+def describe_range(name: str, spec: ParamSpec, baseline: TrainConfig) -> str:
+    """A one-line human description of a searched key, for the sweep's start banner and parent-run params."""
+    if isinstance(spec, FactorParam):
+        center = float(getattr(baseline, name))
+        low, high = spec.factor
+        return f"log [{center * low:.3g}, {center * high:.3g}] (×{low:g}…×{high:g} of {center:.3g})"
+    if isinstance(spec, FloatParam | IntParam):
+        scale = "log " if spec.log else ""
+        return f"{scale}[{spec.low}, {spec.high}]"
+    return f"one of {spec.choices}"
+
+
+def same_point(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two sampled points are the same trial (floats compared with a relative tolerance)."""
+    if a.keys() != b.keys():
+        return False
+    for key, value in a.items():
+        other = b[key]
+        if isinstance(value, float) and isinstance(other, float):
+            if not math.isclose(value, other, rel_tol=1e-9):
+                return False
+        elif value != other:
+            return False
+    return True

@@ -1,0 +1,97 @@
+"""Watching a sweep: a live rich view on a terminal, one line per event otherwise (logs, CI, pipes)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+
+from ftlab.sweep.runner import SweepRunner, TrialEvent
+from ftlab.sweep.summary import compare, state_counts
+
+
+def _short(params: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}" for key, value in params.items()
+    )
+
+
+class SweepView:
+    """Receives the runner's events and shows them, live or line by line."""
+
+    def __init__(self, runner: SweepRunner, console: Console, metric: str, live: bool | None = None) -> None:
+        self.runner = runner
+        self.console = console
+        self.metric = metric
+        self.live = console.is_terminal if live is None else live
+        self._lock = threading.Lock()
+        self._counts = state_counts(runner.study)
+        self._best_line = self._comparison_line()
+
+    def _comparison_line(self) -> str:
+        comparison = compare(self.runner.study, self.metric)
+        return comparison.sentence() if comparison else "no completed trial yet"
+
+    def on_event(self, event: TrialEvent) -> None:
+        with self._lock:
+            self._counts = state_counts(self.runner.study)
+            if event.kind == "complete":
+                self._best_line = self._comparison_line()
+        if not self.live:
+            self.console.print(self._event_line(event), highlight=False, soft_wrap=True)
+
+    def _event_line(self, event: TrialEvent) -> str:
+        label = f"trial {event.number}" + (" (baseline)" if event.baseline else "")
+        if event.kind == "started":
+            return f"{label} started: {_short(event.params)}"
+        report = event.report
+        if event.kind == "complete" and report is not None:
+            return f"{label} COMPLETE: eval/loss {report.eval_loss:.4f} in {report.seconds:.1f} s | {self._best_line}"
+        reason = report.reason if report else ""
+        return f"{label} {event.kind.upper()}: {reason}"
+
+    def render(self) -> Group:
+        with self._lock:
+            counts, best_line = dict(self._counts), self._best_line
+        header = (
+            f"[bold]{self.runner.sweep.name}[/bold]  complete {counts['COMPLETE']}  running {counts['RUNNING']}  "
+            f"pruned {counts['PRUNED']}  failed {counts['FAIL']}"
+        )
+        table = Table(show_header=True, header_style="bold", box=None)
+        for column in ("trial", "progress", "step", "train/loss", "eval/loss", "params"):
+            table.add_column(column)
+        for running in sorted(self.runner.running.copy().values(), key=lambda item: item.number):
+            progress = self._read_progress(running.progress_file)
+            total = progress.get("total_steps") or 1
+            step = progress.get("step") or 0
+            table.add_row(
+                f"{running.number}" + (" (baseline)" if running.baseline else ""),
+                ProgressBar(total=total, completed=step, width=24),
+                f"{step}/{progress.get('total_steps') or '?'}",
+                _fmt(progress.get("train_loss")),
+                _fmt(progress.get("eval_loss")),
+                _short(running.params),
+            )
+        return Group(header, best_line, table)
+
+    @staticmethod
+    def _read_progress(path: Any) -> dict[str, Any]:
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def context(self) -> AbstractContextManager[object]:
+        if not self.live:
+            return nullcontext()
+        return Live(get_renderable=self.render, console=self.console, refresh_per_second=2, transient=False)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"

@@ -1,0 +1,98 @@
+"""How the training loop reports to the outside world without importing Optuna or MLflow.
+
+The loop calls these hooks; the sweep (Optuna pruning), the tracker (MLflow) and the live view implement them.
+A hook may raise to stop training (for example the sweep's pruning decision); the loop lets it propagate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """What the loop is about to do, as actually applied: the sweep checks it against the sampled values."""
+
+    total_steps: int
+    warmup_steps: int
+    steps_per_epoch: int
+    tokens_per_step: int
+    per_device_train_batch_size: int
+    gradient_accumulation_steps: int
+    learning_rate: float  # the optimizer's peak learning rate, read back from the optimizer
+    device: str
+    bf16: bool
+    train_blocks: int
+    validation_blocks: int
+    block_size: int
+
+    @property
+    def total_train_batch_size(self) -> int:
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps
+
+    @property
+    def total_tokens(self) -> int:
+        return self.total_steps * self.tokens_per_step
+
+
+@dataclass
+class TrainResult:
+    """The figures a finished training run ends with."""
+
+    steps: int
+    tokens_seen: int
+    train_loss: float  # token-weighted mean over the whole run
+    eval_loss: float
+    eval_perplexity: float
+    best_eval_loss: float
+    seconds: float
+    tokens_per_second: float
+    peak_memory_mb: float
+    history: list[dict[str, Any]] = field(default_factory=list)  # one entry per evaluation
+
+
+class TrainingCallback:
+    """No-op hooks; subclass and override what you need."""
+
+    def on_train_begin(self, plan: TrainPlan) -> None:
+        """Called once the optimizer and schedule exist, before the first step."""
+
+    def on_log(self, step: int, metrics: dict[str, float]) -> None:
+        """Called every ``logging_steps`` optimizer steps with ``train/*`` and ``perf/*`` metrics."""
+
+    def on_evaluate(self, step: int, tokens_seen: int, metrics: dict[str, float]) -> None:
+        """Called after each evaluation with ``eval/*`` metrics; raise to stop (e.g. pruning)."""
+
+    def on_checkpoint(self, step: int, path: str) -> None:
+        """Called after a checkpoint was written completely."""
+
+    def on_train_end(self, result: TrainResult) -> None:
+        """Called once training finished normally."""
+
+
+class CallbackList(TrainingCallback):
+    """Fans each hook out to several callbacks, in order."""
+
+    def __init__(self, callbacks: list[TrainingCallback]) -> None:
+        self.callbacks = callbacks
+
+    def on_train_begin(self, plan: TrainPlan) -> None:
+        for callback in self.callbacks:
+            callback.on_train_begin(plan)
+
+    def on_log(self, step: int, metrics: dict[str, float]) -> None:
+        for callback in self.callbacks:
+            callback.on_log(step, metrics)
+
+    def on_evaluate(self, step: int, tokens_seen: int, metrics: dict[str, float]) -> None:
+        for callback in self.callbacks:
+            callback.on_evaluate(step, tokens_seen, metrics)
+
+    def on_checkpoint(self, step: int, path: str) -> None:
+        for callback in self.callbacks:
+            callback.on_checkpoint(step, path)
+
+    def on_train_end(self, result: TrainResult) -> None:
+        for callback in self.callbacks:
+            callback.on_train_end(result)

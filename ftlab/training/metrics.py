@@ -1,0 +1,64 @@
+"""Loss and perplexity, computed the same way for every trial so that numbers compare.
+
+Eval loss is the token-weighted mean negative log-likelihood over the *whole* validation split (never a mean of
+per-batch means, which over-weights short batches), and perplexity is exp of exactly that number.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import AbstractContextManager
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100  # label value that transformers' losses skip (padding, masked prompt tokens)
+_MAX_EXP_ARG = math.log(torch.finfo(torch.float64).max)  # ≈ 709.78; beyond it exp overflows
+
+
+def perplexity(loss: float) -> float:
+    """exp(loss), returning ``inf`` instead of raising ``OverflowError`` for very large losses."""
+    if math.isnan(loss):
+        return math.nan
+    return math.exp(loss) if loss < _MAX_EXP_ARG else math.inf
+
+
+def count_label_tokens(labels: torch.Tensor) -> int:
+    """Tokens that a causal-LM loss scores: every label after the first position that is not ignored."""
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())
+
+
+def sum_token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum of next-token negative log-likelihoods in float32, ignoring ``IGNORE_INDEX`` labels."""
+    shift_logits = logits[:, :-1, :].reshape(-1, logits.size(-1)).float()
+    shift_labels = labels[:, 1:].reshape(-1)
+    return F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    blocks: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+    autocast: AbstractContextManager[object],
+) -> tuple[float, int]:
+    """Token-weighted mean NLL of ``model`` over every block; returns (loss, tokens scored).
+
+    Sums stay on the device and are read once at the end, so evaluation never waits on the host per batch.
+    """
+    was_training = model.training
+    model.eval()
+    total_nll = torch.zeros((), dtype=torch.float64, device=device)
+    total_tokens = 0
+    for start in range(0, blocks.size(0), batch_size):
+        host_batch = blocks[start : start + batch_size]
+        total_tokens += count_label_tokens(host_batch)  # counted on the host: no device sync
+        batch = host_batch.to(device, non_blocking=True)
+        with autocast:
+            logits = model(input_ids=batch, use_cache=False).logits
+        total_nll += sum_token_nll(logits, batch).double()
+    model.train(was_training)
+    if total_tokens == 0:
+        raise ValueError("the validation split has no tokens to score")
+    return float(total_nll.item()) / total_tokens, total_tokens
