@@ -1,0 +1,416 @@
+"""Offline demo assets: a tiny GPT-2 pre-trained on Python source, and prose to fine-tune it on.
+
+The demo needs no network: everything is built from the Python standard library on first use, in about 15 seconds
+on two CPU cores, and kept under ``$FTLAB_HOME/demo`` (default ``~/.cache/ftlab/demo``):
+
+- ``demo://pydoc-topics.txt``: the standard library's help topics (``pydoc_data.topics``, ~460 KB of prose).
+- ``demo://tiny-gpt2``: a normal Hugging Face model directory (safetensors weights, config, generation config,
+  byte-level BPE tokenizer) holding a 2-layer GPT-2 briefly pre-trained on the standard library's *source code*, so
+  fine-tuning it on the help topics is a real domain shift (code to prose) that a sweep can improve on.
+
+Sweep files use the ``demo://`` names wherever a model path or data file goes; :func:`resolve` turns them into paths.
+Several processes (parallel sweep workers) may ask for the assets at once: one builds them under a file lock into a
+staging folder and renames it into place, and a marker file written last says the build is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import sysconfig
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from filelock import FileLock, Timeout
+
+from ftlab.errors import UserError
+
+if TYPE_CHECKING:  # torch and transformers are imported only when building, so `import ftlab.demo` stays fast
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import GPT2LMHeadModel
+
+logger = logging.getLogger(__name__)
+
+DEMO_SCHEME = "demo://"
+DEMO_MODEL = "demo://tiny-gpt2"
+DEMO_TEXT = "demo://pydoc-topics.txt"
+
+MODEL_DIRNAME = "tiny-gpt2"
+TEXT_FILENAME = "pydoc-topics.txt"
+MARKER_FILENAME = "build.json"  # written last: its presence (with the current recipe) means the build is complete
+PRETRAINING_FILENAME = "pretraining.json"
+EOS_TOKEN = "<|endoftext|>"
+
+# Bump when the build code changes its output in a way the recipe below does not show, so old homes rebuild.
+_BUILD_FORMAT = 1
+_LOCK_FILENAME = ".build.lock"
+_STAGING_PREFIX = ".staging-"
+_LOCK_TIMEOUT_S = 600.0  # a build takes seconds; a lock held this long means a hung process, not a slow one
+
+
+@dataclass(frozen=True)
+class DemoRecipe:
+    """Everything that decides the demo assets; recorded next to them so a build can be replayed and compared."""
+
+    vocab_size: int = 4096
+    """Byte-level BPE vocabulary, special token included; small, so the embedding and softmax stay cheap."""
+    n_layer: int = 2
+    """Transformer blocks; two keep a 60-step fine-tune of 8x128-token batches to a few seconds on two cores."""
+    n_embd: int = 128
+    """Hidden size."""
+    n_head: int = 4
+    """Attention heads (32 dimensions each)."""
+    n_positions: int = 256
+    """Longest sequence the model accepts; pre-training uses full-length blocks so every position is trained."""
+    source_chars: int = 1_000_000
+    """Characters of standard-library source to read, in sorted path order; more than pre-training consumes."""
+    file_chars: int = 50_000
+    """Characters taken from the start of each source file, so a few huge modules do not dominate."""
+    steps: int = 180
+    """Pre-training optimizer steps: the main cost of the build (~70 ms each on two cores)."""
+    batch_size: int = 4
+    """Blocks per step: 4 x 256 = 1024 tokens, the same as the demo fine-tune's 8 x 128."""
+    learning_rate: float = 3e-3
+    """Peak AdamW learning rate; high because the model is tiny and the run is short."""
+    warmup_steps: int = 18
+    """Linear warm-up steps, then cosine decay to a tenth of the peak."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    eval_blocks: int = 16
+    """Held-out source blocks on which the reported pre-training loss is measured."""
+    seed: int = 0
+    """Seeds the model's initialisation and the block order, so a machine rebuilds the same weights."""
+
+
+RECIPE = DemoRecipe()
+
+
+@dataclass(frozen=True)
+class DemoAssets:
+    """Where the demo assets are, and what getting them cost this call."""
+
+    model_dir: Path
+    text_file: Path
+    seconds: float  # spent by this call: building, waiting for another process's build, or just checking
+    built: bool  # whether this call built them
+
+
+def ftlab_home() -> Path:
+    """Return ftlab's folder for assets and caches: ``$FTLAB_HOME`` if set, else ``~/.cache/ftlab``."""
+    home = os.environ.get("FTLAB_HOME")
+    return Path(home).expanduser() if home else Path.home() / ".cache" / "ftlab"
+
+
+def demo_dir() -> Path:
+    """Return the folder that holds the demo assets, ``ftlab_home() / "demo"``."""
+    return ftlab_home() / "demo"
+
+
+def is_demo_uri(value: str) -> bool:
+    """Return whether ``value`` names a demo asset (starts with ``demo://``)."""
+    return isinstance(value, str) and value.startswith(DEMO_SCHEME)
+
+
+def resolve(value: str) -> str:
+    """Turn a ``demo://`` name into the local path of that asset, building the assets if they are missing.
+
+    Args:
+        value: a model name or path, a data file, or one of :data:`DEMO_MODEL` and :data:`DEMO_TEXT`.
+
+    Returns:
+        The path of the demo model folder or text file as a string; any value that is not ``demo://`` unchanged.
+
+    Raises:
+        UserError: ``value`` starts with ``demo://`` but names no demo asset.
+    """
+    if not is_demo_uri(value):
+        return value
+    known = {DEMO_MODEL: "model_dir", DEMO_TEXT: "text_file"}
+    if value not in known:
+        # Checked before building, so a typo costs nothing.
+        raise UserError.single(
+            "unknown demo asset", value=value, fix=f"use {DEMO_MODEL} (model) or {DEMO_TEXT} (training text)"
+        )
+    return str(getattr(ensure_demo_assets(), known[value]))
+
+
+def ensure_demo_assets(force: bool = False) -> DemoAssets:
+    """Build the demo model and text once; later calls (from any process) return at once.
+
+    Safe to call from several processes at the same time: one builds while the others wait on a file lock, and none
+    sees a half-built asset.
+
+    Args:
+        force: rebuild even if complete assets exist. Processes reading the old assets at that moment may fail.
+
+    Returns:
+        The asset paths, the seconds this call spent, and whether it built them.
+
+    Raises:
+        UserError: another process has held the build lock for over ten minutes.
+    """
+    start = time.perf_counter()
+    root = demo_dir()
+    if not force and _is_complete(root):  # the common case: no lock, no imports of torch
+        return _assets(root, start, built=False)
+    root.mkdir(parents=True, exist_ok=True)
+    lock_path = root / _LOCK_FILENAME
+    try:
+        with FileLock(lock_path, timeout=_LOCK_TIMEOUT_S):
+            # Another process may have finished the build while this one waited for the lock.
+            if not force and _is_complete(root):
+                return _assets(root, start, built=False)
+            _build_in_place(root)
+    except Timeout:
+        raise UserError.single(
+            f"another process has been building the demo assets for over {_LOCK_TIMEOUT_S:.0f} s",
+            where=str(lock_path),
+            fix="stop the stuck ftlab process, or set FTLAB_HOME to another folder",
+        ) from None
+    assets = _assets(root, start, built=True)
+    logger.info("Built the ftlab demo assets in %s in %.1f s", root, assets.seconds)
+    return assets
+
+
+def _assets(root: Path, start: float, *, built: bool) -> DemoAssets:
+    return DemoAssets(
+        model_dir=root / MODEL_DIRNAME,
+        text_file=root / TEXT_FILENAME,
+        seconds=time.perf_counter() - start,
+        built=built,
+    )
+
+
+def _is_complete(root: Path) -> bool:
+    """Whether a finished build of the current recipe is in ``root`` (marker present, assets in place)."""
+    try:
+        marker = json.loads((root / MARKER_FILENAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (
+        marker.get("format") == _BUILD_FORMAT
+        and marker.get("recipe") == asdict(RECIPE)
+        and (root / MODEL_DIRNAME / "model.safetensors").is_file()
+        and (root / TEXT_FILENAME).is_file()
+    )
+
+
+def _build_in_place(root: Path) -> None:
+    """Build into a staging folder, then rename the assets into ``root``; call only while holding the lock."""
+    (root / MARKER_FILENAME).unlink(missing_ok=True)  # first, so a rebuild is never mistaken for complete
+    for stale in root.glob(_STAGING_PREFIX + "*"):  # left by a build that was killed; the lock says none is running
+        shutil.rmtree(stale, ignore_errors=True)
+    logger.info("Building the ftlab demo assets in %s (once, about 15 s)", root)
+    start = time.perf_counter()
+    staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=root))  # same filesystem, so renames are atomic
+    try:
+        _build_assets(staging)
+        for name in (MODEL_DIRNAME, TEXT_FILENAME):
+            target = root / name
+            if target.exists():  # a forced rebuild: POSIX cannot rename a folder over a non-empty one
+                os.replace(target, staging / f"old-{name}")
+            os.replace(staging / name, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    _write_json_atomically(root / MARKER_FILENAME, _marker(time.perf_counter() - start))
+
+
+def _marker(seconds: float) -> dict[str, Any]:
+    import tokenizers
+    import torch
+    import transformers
+
+    return {
+        "format": _BUILD_FORMAT,
+        "recipe": asdict(RECIPE),
+        "seconds": round(seconds, 2),
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "tokenizers": tokenizers.__version__,
+        },
+    }
+
+
+def _write_json_atomically(path: Path, data: dict[str, Any]) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(partial, path)
+
+
+def _build_assets(staging: Path, recipe: DemoRecipe = RECIPE) -> None:
+    """Write ``staging/pydoc-topics.txt`` and the pre-trained model folder ``staging/tiny-gpt2``."""
+    from transformers import GPT2TokenizerFast
+
+    text = topics_text()
+    (staging / TEXT_FILENAME).write_text(text, encoding="utf-8", newline="\n")
+
+    sources = stdlib_sources(recipe)
+    tokenizer = _train_tokenizer([*sources, text], recipe)
+    model, metrics = _pretrain(tokenizer, sources, recipe)
+
+    model_dir = staging / MODEL_DIRNAME
+    model.save_pretrained(model_dir, safe_serialization=True)
+    _write_json_atomically(model_dir / PRETRAINING_FILENAME, metrics)
+    # GPT-2 has no padding token; padding with end-of-text is the usual choice and keeps the vocabulary unchanged.
+    GPT2TokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token=EOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        unk_token=EOS_TOKEN,
+        pad_token=EOS_TOKEN,
+        model_max_length=recipe.n_positions,
+    ).save_pretrained(model_dir)
+
+
+def topics_text() -> str:
+    """Return the standard library's help topics, sorted by topic and separated by blank lines."""
+    from pydoc_data.topics import topics
+
+    return "\n\n".join(topics[name].rstrip("\n") for name in sorted(topics)) + "\n"
+
+
+def stdlib_sources(recipe: DemoRecipe = RECIPE) -> list[str]:
+    """Return the start of each standard-library ``.py`` file, in sorted path order, up to the recipe's budget.
+
+    Tests, third-party packages and ``pydoc_data`` (the help topics, i.e. the fine-tuning text) are left out.
+    """
+    root = Path(sysconfig.get_paths()["stdlib"])
+    skip = {"site-packages", "dist-packages", "test", "tests", "idle_test", "pydoc_data", "__pycache__"}
+    paths: list[Path] = []
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = [name for name in subfolders if name not in skip]  # prune: site-packages can be huge
+        paths += [Path(folder, name) for name in files if name.endswith(".py")]
+    sources: list[str] = []
+    total = 0
+    for path in sorted(paths):
+        if total >= recipe.source_chars:
+            break
+        source = path.read_text(encoding="utf-8", errors="replace")
+        source = source[: min(recipe.file_chars, recipe.source_chars - total)]
+        sources.append(source)
+        total += len(source)
+    return sources
+
+
+def _train_tokenizer(texts: list[str], recipe: DemoRecipe) -> Tokenizer:
+    """Train a GPT-2-style byte-level BPE tokenizer: every string encodes, and decoding gives it back exactly."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=recipe.vocab_size,
+        special_tokens=[EOS_TOKEN],  # id 0
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes, so nothing is ever unknown
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return tokenizer
+
+
+def _pack_blocks(tokenizer: Tokenizer, sources: list[str], block_size: int) -> torch.Tensor:
+    """Encode the sources, each followed by end-of-text, and cut the stream into full blocks."""
+    import torch
+
+    eos_id = tokenizer.token_to_id(EOS_TOKEN)
+    ids: list[int] = []
+    for encoding in tokenizer.encode_batch(sources):
+        ids += encoding.ids
+        ids.append(eos_id)
+    n_blocks = len(ids) // block_size
+    return torch.tensor(ids[: n_blocks * block_size], dtype=torch.long).view(n_blocks, block_size)
+
+
+def _pretrain(tokenizer: Tokenizer, sources: list[str], recipe: DemoRecipe) -> tuple[GPT2LMHeadModel, dict[str, Any]]:
+    """Create the tiny GPT-2 and pre-train it on the sources; return it and its pre-training metrics."""
+    import torch
+    from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel
+
+    eos_id = tokenizer.token_to_id(EOS_TOKEN)
+    config = GPT2Config(
+        vocab_size=tokenizer.get_vocab_size(),
+        n_positions=recipe.n_positions,
+        n_embd=recipe.n_embd,
+        n_layer=recipe.n_layer,
+        n_head=recipe.n_head,
+        # No dropout: a few hundred steps on a tiny model underfit; dropout slowed pre-training to a much worse loss.
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=eos_id,
+        eos_token_id=eos_id,
+    )
+    blocks = _pack_blocks(tokenizer, sources, recipe.n_positions)
+    # fork_rng: seed our own run without disturbing the random state of the process that asked for the demo.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe.seed)
+        model = GPT2LMHeadModel(config)
+        generator = torch.Generator().manual_seed(recipe.seed)
+        order = torch.randperm(len(blocks), generator=generator)
+        held_out, train = blocks[order[: recipe.eval_blocks]], blocks[order[recipe.eval_blocks :]]
+        metrics = _train_loop(model, train, held_out, recipe, generator)
+    model.generation_config = GenerationConfig(bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id)
+    return model, metrics
+
+
+def _train_loop(
+    model: GPT2LMHeadModel, train: torch.Tensor, held_out: torch.Tensor, recipe: DemoRecipe, generator: torch.Generator
+) -> dict[str, Any]:
+    """Plain AdamW loop over shuffled blocks with warm-up and cosine decay; returns the pre-training metrics."""
+    import torch
+
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=recipe.learning_rate, betas=(0.9, 0.95), weight_decay=recipe.weight_decay
+    )
+
+    def lr_factor(step: int) -> float:
+        if step < recipe.warmup_steps:
+            return (step + 1) / recipe.warmup_steps
+        progress = (step - recipe.warmup_steps) / max(1, recipe.steps - recipe.warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    order = torch.randperm(len(train), generator=generator)
+    start = time.perf_counter()
+    recent: list[float] = []
+    model.train()
+    for step in range(recipe.steps):
+        # Walk a fixed shuffle of the blocks, wrapping around if the steps outlast one pass.
+        batch = train[order[(step * recipe.batch_size + torch.arange(recipe.batch_size)) % len(train)]]
+        loss = _next_token_loss(model, batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        recent = [*recent[-19:], loss.item()]
+    seconds = time.perf_counter() - start
+    model.eval()
+    with torch.no_grad():
+        eval_loss = _next_token_loss(model, held_out).item()
+    return {
+        "loss": round(eval_loss, 4),
+        "loss_is": "mean next-token cross-entropy (nats) on held-out standard-library source blocks",
+        "train_loss": round(sum(recent) / len(recent), 4),  # mean of the last 20 steps: one batch is noisy
+        "uniform_loss": round(math.log(model.config.vocab_size), 4),
+        "steps": recipe.steps,
+        "tokens": recipe.steps * recipe.batch_size * recipe.n_positions,
+        "seconds": round(seconds, 2),
+        "recipe": asdict(recipe),
+    }
+
+
+def _next_token_loss(model: GPT2LMHeadModel, batch: torch.Tensor) -> torch.Tensor:
+    import torch.nn.functional as F
+
+    logits = model(input_ids=batch).logits
+    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1))
