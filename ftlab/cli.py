@@ -7,7 +7,6 @@ and keeps its traceback.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,6 +16,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from ftlab.console import quiet_libraries
 from ftlab.errors import UserError
 
 app = typer.Typer(
@@ -38,16 +38,6 @@ TrackingUri = Annotated[
         "--tracking-uri", help="MLflow tracking URI; default MLFLOW_TRACKING_URI or ./mlruns.", show_default=False
     ),
 ]
-
-
-def _quiet_libraries() -> None:
-    """Keep transformers' and datasets' chatter out of ftlab's own output."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import datasets
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    datasets.disable_progress_bars()
 
 
 @app.command()
@@ -141,7 +131,7 @@ def train_command(
     tracking_uri: TrackingUri = None,
 ) -> None:
     """Run one trial: the sweep file's baseline configuration (plus any --set), tracked as one MLflow run."""
-    _quiet_libraries()
+    quiet_libraries()
     from ftlab.config import load_sweep
     from ftlab.settings import parse_set_options, resolve_train_config
     from ftlab.tracking import default_tracking_uri, redact_url
@@ -186,7 +176,7 @@ def sweep(
     tracking_uri: TrackingUri = None,
 ) -> None:
     """Run (or resume) an Optuna study around the baseline; every trial is a process and a nested MLflow run."""
-    _quiet_libraries()
+    quiet_libraries()
     from ftlab.sweep.orchestrate import run_sweep
     from ftlab.tracking import redact_url
 
@@ -244,7 +234,7 @@ def status(
 @app.command()
 def report(file: SweepFile, storage: StorageUrl = None, tracking_uri: TrackingUri = None) -> None:
     """Regenerate the sweep's plots and best-versus-baseline table and log them to its parent MLflow run."""
-    _quiet_libraries()
+    quiet_libraries()
     from ftlab.sweep.orchestrate import report_sweep
 
     out_dir = report_sweep(file, storage, tracking_uri)

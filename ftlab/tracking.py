@@ -11,12 +11,13 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.utils.async_logging.run_operations import RunOperations
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from ftlab.training.callbacks import TrainingCallback, TrainPlan
@@ -81,6 +82,7 @@ class RunTracker:
     def __init__(self, client: MlflowClient, run_id: str) -> None:
         self.client = client
         self.run_id = run_id
+        self._pending: list[RunOperations] = []
 
     @classmethod
     def start(
@@ -112,7 +114,9 @@ class RunTracker:
         """Queue metrics for sending in the background; training does not wait for the server."""
         timestamp = int(time.time() * 1000)
         batch = [Metric(key, float(value), timestamp, step) for key, value in metrics.items()]
-        self.client.log_batch(self.run_id, metrics=batch, synchronous=False)
+        operation = self.client.log_batch(self.run_id, metrics=batch, synchronous=False)
+        if operation is not None:
+            self._pending.append(operation)
 
     def log_artifacts(self, local_dir: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
@@ -128,9 +132,10 @@ class RunTracker:
         self.client.set_terminated(self.run_id, status=RunStatus.to_string(RunStatus.from_string(status)))
 
     def flush(self) -> None:
-        import mlflow
-
-        mlflow.flush_async_logging()
+        """Wait until every queued metric reached the store."""
+        pending, self._pending = self._pending, []
+        for operation in pending:
+            operation.wait()
 
 
 class MlflowCallback(TrainingCallback):
@@ -157,7 +162,3 @@ class MlflowCallback(TrainingCallback):
 
     def on_evaluate(self, step: int, tokens_seen: int, metrics: dict[str, float]) -> None:
         self.tracker.log_metrics({**metrics, "train/tokens_seen": float(tokens_seen)}, step)
-
-
-def iter_metric_keys(metrics: Iterable[str]) -> list[str]:
-    return sorted(metrics)

@@ -22,6 +22,7 @@ import torch
 from mlflow import MlflowClient
 
 from ftlab.config import SweepConfig
+from ftlab.console import quiet_libraries
 from ftlab.errors import UserError
 from ftlab.settings import resolve_train_config
 from ftlab.sweep.space import split_effective_batch
@@ -146,9 +147,7 @@ def run_trial_job(job: TrialJob) -> None:
     """Entry point of a trial process. Never raises: every outcome ends in the result file and the run's state."""
     if job.cuda_visible_devices is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = job.cuda_visible_devices  # before anything touches CUDA
-    from ftlab.cli import _quiet_libraries
-
-    _quiet_libraries()
+    quiet_libraries()
     result_file = Path(job.result_file)
     tracker = RunTracker(MlflowClient(tracking_uri=job.tracking_uri), job.run_id)
     try:
