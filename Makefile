@@ -18,7 +18,9 @@ setup: $(BIN)/ftlab
 
 demo: setup
 	$(BIN)/ftlab demo-assets
-	$(BIN)/ftlab train sweeps/demo.yaml
+	$(BIN)/ftlab sweep sweeps/demo.yaml
+	$(BIN)/ftlab status sweeps/demo.yaml
+	@echo "Next: open the MLflow UI with '$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db' (http://127.0.0.1:5000)"
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -191,9 +191,8 @@ def sweep(
     )
     console.print(outcome.comparison.sentence() if outcome.comparison else "no trial completed")
     console.print(f"report: {outcome.report_dir} (also logged to MLflow run {outcome.parent_run_id})")
-    uri = tracking_uri or outcome.study.user_attrs.get("tracking_uri")
-    if uri:
-        console.print(f"MLflow UI: mlflow ui --backend-store-uri {redact_url(uri)}")
+    console.print(f"status: ftlab status {file}")
+    console.print(f"MLflow UI: mlflow ui --backend-store-uri {redact_url(outcome.tracking_uri)}")
 
 
 @app.command()

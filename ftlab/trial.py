@@ -158,6 +158,10 @@ def run_trial(
         tracker.log_metrics({"train/loss_mean": result.train_loss, "perf/train_seconds": result.seconds}, result.steps)
         if own_tracker:
             tracker.end("FINISHED")
+    except KeyboardInterrupt:
+        if own_tracker:
+            tracker.end("KILLED", reason="stopped by Ctrl-C")
+        raise
     except BaseException as error:
         if own_tracker:
             tracker.end("FAILED", reason=f"{type(error).__name__}: {error}")

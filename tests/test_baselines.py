@@ -534,10 +534,25 @@ def test_shipped_card_matches_the_shared_copy_and_as_json() -> None:
     data = load_card(SHIPPED_CARD).as_json()
     assert data["source"] == str(SHIPPED_CARD)
     assert set(data) == {
-        "source", "base_model", "learning_rate", "per_device_train_batch_size", "per_device_eval_batch_size",
-        "gradient_accumulation_steps", "seed", "lr_scheduler_type", "num_train_epochs", "optim", "adam_beta1",
-        "adam_beta2", "adam_epsilon", "num_devices", "total_train_batch_size", "eval_loss", "train_loss",
-        "perplexity", "warnings",
+        "source",
+        "base_model",
+        "learning_rate",
+        "per_device_train_batch_size",
+        "per_device_eval_batch_size",
+        "gradient_accumulation_steps",
+        "seed",
+        "lr_scheduler_type",
+        "num_train_epochs",
+        "optim",
+        "adam_beta1",
+        "adam_beta2",
+        "adam_epsilon",
+        "num_devices",
+        "total_train_batch_size",
+        "eval_loss",
+        "train_loss",
+        "perplexity",
+        "warnings",
     }
     assert data["num_devices"] == 1 and data["seed"] is None
 

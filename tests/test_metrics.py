@@ -1,4 +1,4 @@
-"""Metric math: perplexity, token-weighted eval loss, and a train loss that does not depend on how the batch is split."""
+"""Metric math: perplexity, token-weighted eval loss, and a train loss independent of how the batch is split."""
 
 from __future__ import annotations
 

@@ -31,11 +31,28 @@ _RELATIVE_TOLERANCE = 0.01  # reported perplexity may differ from exp(loss) by r
 
 
 # The JSON shape of a baseline, in order. Of each either-or pair the card states one (Trainer writes one).
-_JSON_HEAD = ("source", "base_model", "learning_rate", "per_device_train_batch_size", "per_device_eval_batch_size",
-              "gradient_accumulation_steps", "seed", "lr_scheduler_type")
+_JSON_HEAD = (
+    "source",
+    "base_model",
+    "learning_rate",
+    "per_device_train_batch_size",
+    "per_device_eval_batch_size",
+    "gradient_accumulation_steps",
+    "seed",
+    "lr_scheduler_type",
+)
 _JSON_EITHER_OR = (("warmup_ratio", "warmup_steps"), ("num_train_epochs", "max_steps"))
-_JSON_TAIL = ("optim", "adam_beta1", "adam_beta2", "adam_epsilon", "num_devices", "total_train_batch_size",
-              "eval_loss", "train_loss", "perplexity")
+_JSON_TAIL = (
+    "optim",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
+    "num_devices",
+    "total_train_batch_size",
+    "eval_loss",
+    "train_loss",
+    "perplexity",
+)
 
 
 class CardBaseline(BaseModel):
@@ -107,8 +124,9 @@ def load_card(path: str | Path) -> CardBaseline:
     if path.is_dir() and (path / "README.md").is_file():
         path = path / "README.md"
     if not path.is_file():
-        raise CardError.single("model card not found", where=str(path),
-                               fix="check the path, or use a built-in baseline name")
+        raise CardError.single(
+            "model card not found", where=str(path), fix="check the path, or use a built-in baseline name"
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
@@ -146,7 +164,7 @@ def _split_front_matter(text: str) -> tuple[dict[str, Any], str, list[str]]:
     match = re.match(r"---\n(.*?)\n---[ \t]*(?:\n|$)", text, re.DOTALL)
     if match is None:
         return {}, text, []
-    body = text[match.end():]
+    body = text[match.end() :]
     try:
         data = yaml.safe_load(match.group(1))
     except yaml.YAMLError:
@@ -159,25 +177,34 @@ def _section(body: str, title: str) -> str | None:
     heading = re.search(rf"^#+[ \t]*{re.escape(title)}[ \t]*$", body, re.MULTILINE | re.IGNORECASE)
     if heading is None:
         return None
-    following = re.search(r"^#", body[heading.end():], re.MULTILINE)
-    return body[heading.end():heading.end() + following.start()] if following else body[heading.end():]
+    following = re.search(r"^#", body[heading.end() :], re.MULTILINE)
+    return body[heading.end() : heading.end() + following.start()] if following else body[heading.end() :]
 
 
 def _list_items(block: str) -> dict[str, str]:
     """``- key: value`` lines of a markdown list, in order; other lines (wrapped optimizer args) are skipped."""
-    return {match.group(1).strip(): match.group(2).strip()
-            for match in re.finditer(r"^[-*][ \t]+([^:\n]+?):[ \t]*(.*)$", block, re.MULTILINE)}
+    return {
+        match.group(1).strip(): match.group(2).strip()
+        for match in re.finditer(r"^[-*][ \t]+([^:\n]+?):[ \t]*(.*)$", block, re.MULTILINE)
+    }
 
 
 def _hyperparameter_items(body: str, source: str) -> dict[str, str]:
     section = _section(body, "Training hyperparameters")
     if section is None:
-        raise CardError.single("not a model card written by transformers' Trainer: no '### Training hyperparameters' "
-                               "section", where=source, fix=NOT_A_CARD_FIX)
+        raise CardError.single(
+            "not a model card written by transformers' Trainer: no '### Training hyperparameters' section",
+            where=source,
+            fix=NOT_A_CARD_FIX,
+        )
     items = _list_items(section)
     if "learning_rate" not in items:
-        raise CardError.single("not a model card written by transformers' Trainer: its 'Training hyperparameters' "
-                               "section has no `learning_rate` line", where=source, fix=NOT_A_CARD_FIX)
+        raise CardError.single(
+            "not a model card written by transformers' Trainer: its 'Training hyperparameters' "
+            "section has no `learning_rate` line",
+            where=source,
+            fix=NOT_A_CARD_FIX,
+        )
     return items
 
 
@@ -276,8 +303,10 @@ def _hyperparameters(items: dict[str, str], source: str, warnings: list[str]) ->
             warnings.append(f"The card sets {key}: {raw}, which ftlab does not carry over.")
     if fields.get("warmup_steps") and fields.get("warmup_ratio"):
         # TrainingArguments lets warmup_steps win; ftlab refuses both, so keep the one that was in effect.
-        warnings.append(f"The card sets both warmup_steps {fields['warmup_steps']} and warmup_ratio "
-                        f"{fields['warmup_ratio']}; Trainer used the steps, so the ratio was dropped.")
+        warnings.append(
+            f"The card sets both warmup_steps {fields['warmup_steps']} and warmup_ratio "
+            f"{fields['warmup_ratio']}; Trainer used the steps, so the ratio was dropped."
+        )
         fields["warmup_ratio"] = None
     return fields
 
@@ -299,8 +328,10 @@ def _scheduler(raw: str, warnings: list[str]) -> str | None:
     name = raw.removeprefix("SchedulerType.").strip().lower()
     if name in _SCHEDULERS:
         return name
-    warnings.append(f"The card's lr_scheduler_type {raw!r} is not one ftlab can run ({', '.join(_SCHEDULERS)}); "
-                    "it was left unset, so ftlab's default applies.")
+    warnings.append(
+        f"The card's lr_scheduler_type {raw!r} is not one ftlab can run ({', '.join(_SCHEDULERS)}); "
+        "it was left unset, so ftlab's default applies."
+    )
     return None
 
 
@@ -322,8 +353,9 @@ def _optimizer(raw: str, source: str, warnings: list[str]) -> dict[str, Any]:
         fields["adam_epsilon"] = _positive_number("optimizer", epsilon.group(1), source)
     extra = re.search(r"optimizer_args=(.*)$", raw)
     if extra and extra.group(1).strip() != "No additional optimizer arguments":
-        warnings.append(f"The card's optimizer has extra arguments ({extra.group(1).strip()}), "
-                        "which ftlab does not carry over.")
+        warnings.append(
+            f"The card's optimizer has extra arguments ({extra.group(1).strip()}), which ftlab does not carry over."
+        )
     fields["optim"] = _optimizer_name(raw, warnings)
     return fields
 
@@ -337,8 +369,10 @@ def _optimizer_name(raw: str, warnings: list[str]) -> str | None:
     name = named.group(1).removeprefix("OptimizerNames.").lower() if named else raw
     if name in _OPTIMIZERS:
         return name
-    warnings.append(f"The card's optimizer {name!r} is not one ftlab can run ({', '.join(_OPTIMIZERS)}); "
-                    "optim was left unset, so ftlab's default applies.")
+    warnings.append(
+        f"The card's optimizer {name!r} is not one ftlab can run ({', '.join(_OPTIMIZERS)}); "
+        "optim was left unset, so ftlab's default applies."
+    )
     return None
 
 
@@ -362,7 +396,7 @@ def _evaluation_list(body: str) -> dict[str, str]:
     intro = re.search(r"It achieves the following results on the evaluation set:[ \t]*\n", body)
     if intro is None:
         return {}
-    block = re.match(r"(?:[-*][^\n]*\n?)*", body[intro.end():])
+    block = re.match(r"(?:[-*][^\n]*\n?)*", body[intro.end() :])
     return _list_items(block.group(0) if block else "")
 
 
@@ -377,8 +411,11 @@ def _named_results(items: dict[str, str], names: dict[str, str], source: str) ->
 
 def _results_table(section: str, source: str) -> dict[str, float | None]:
     """The last row of the ``| Training Loss | Epoch | Step | Validation Loss | ... |`` table."""
-    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")]
-            for line in section.splitlines() if line.strip().startswith("|")]
+    rows = [
+        [cell.strip() for cell in line.strip().strip("|").split("|")]
+        for line in section.splitlines()
+        if line.strip().startswith("|")
+    ]
     rows = [row for row in rows if not all(re.fullmatch(r":?-+:?", cell) for cell in row)]  # drop |:---:| lines
     if len(rows) < 2:
         return {}
@@ -400,8 +437,16 @@ def _fill_totals(fields: dict[str, Any]) -> None:
 
 
 def _consistency_warnings(fields: dict[str, Any]) -> list[str]:
-    return [warning for warning in (_train_batch_warning(fields), _eval_batch_warning(fields),
-                                    _devices_warning(fields), _perplexity_warning(fields)) if warning]
+    return [
+        warning
+        for warning in (
+            _train_batch_warning(fields),
+            _eval_batch_warning(fields),
+            _devices_warning(fields),
+            _perplexity_warning(fields),
+        )
+        if warning
+    ]
 
 
 def _train_batch_warning(fields: dict[str, Any]) -> str | None:
@@ -413,9 +458,11 @@ def _train_batch_warning(fields: dict[str, Any]) -> str | None:
     expected = per_device * accumulation * devices
     if fields["total_train_batch_size"] == expected:
         return None
-    return (f"The card's total_train_batch_size {fields['total_train_batch_size']} is not train_batch_size "
-            f"{per_device} × gradient_accumulation_steps {accumulation} × num_devices {devices} = {expected}; "
-            "ftlab uses the per-device batch size and accumulation as written.")
+    return (
+        f"The card's total_train_batch_size {fields['total_train_batch_size']} is not train_batch_size "
+        f"{per_device} × gradient_accumulation_steps {accumulation} × num_devices {devices} = {expected}; "
+        "ftlab uses the per-device batch size and accumulation as written."
+    )
 
 
 def _eval_batch_warning(fields: dict[str, Any]) -> str | None:
@@ -423,8 +470,10 @@ def _eval_batch_warning(fields: dict[str, Any]) -> str | None:
     devices = fields.get("num_devices", 1)
     if per_device is None or fields["total_eval_batch_size"] == per_device * devices:
         return None
-    return (f"The card's total_eval_batch_size {fields['total_eval_batch_size']} is not eval_batch_size "
-            f"{per_device} × num_devices {devices} = {per_device * devices}.")
+    return (
+        f"The card's total_eval_batch_size {fields['total_eval_batch_size']} is not eval_batch_size "
+        f"{per_device} × num_devices {devices} = {per_device * devices}."
+    )
 
 
 def _devices_warning(fields: dict[str, Any]) -> str | None:
@@ -434,9 +483,11 @@ def _devices_warning(fields: dict[str, Any]) -> str | None:
     if devices == 1 or per_device is None:
         return None
     accumulation = fields.get("gradient_accumulation_steps", 1)
-    return (f"The card trained on {devices} devices and ftlab trains on one: to keep its effective batch of "
-            f"{per_device * accumulation * devices}, set gradient_accumulation_steps to {accumulation * devices} "
-            f"(the card's {accumulation} is per device).")
+    return (
+        f"The card trained on {devices} devices and ftlab trains on one: to keep its effective batch of "
+        f"{per_device * accumulation * devices}, set gradient_accumulation_steps to {accumulation * devices} "
+        f"(the card's {accumulation} is per device)."
+    )
 
 
 def _safe_exp(value: float) -> float:
@@ -457,6 +508,8 @@ def _perplexity_warning(fields: dict[str, Any]) -> str | None:
         return None
     expected = _safe_exp(loss)
     shown = f"{expected:.1f}" if expected < 1e6 else f"{expected:.4g}"
-    return (f"The card's perplexity {perplexity:g} is not exp(eval loss {loss:g}) ≈ {shown}; a perplexity of "
-            f"{perplexity:g} would mean an eval loss of {math.log(perplexity):.3f}. "
-            "Trust neither without re-measuring.")
+    return (
+        f"The card's perplexity {perplexity:g} is not exp(eval loss {loss:g}) ≈ {shown}; a perplexity of "
+        f"{perplexity:g} would mean an eval loss of {math.log(perplexity):.3f}. "
+        "Trust neither without re-measuring."
+    )

@@ -34,8 +34,12 @@ def load_builtin(name: str) -> CardBaseline:
     bare = name.removeprefix(BUILTIN_PREFIX)
     known = builtin_baselines()
     if bare not in known:
-        raise CardError.single("unknown built-in baseline", where="baseline", value=name,
-                               fix=f"use one of: {', '.join(known)}; or give a path to a Trainer model card")
+        raise CardError.single(
+            "unknown built-in baseline",
+            where="baseline",
+            value=name,
+            fix=f"use one of: {', '.join(known)}; or give a path to a Trainer model card",
+        )
     text = _cards().joinpath(f"{bare}.md").read_text(encoding="utf-8")
     return parse_card(text, f"{BUILTIN_PREFIX}{bare}")
 
@@ -59,6 +63,10 @@ def resolve_baseline(spec: str, relative_to: Path | None = None) -> CardBaseline
         path = Path(relative_to) / path
     if not path.exists() and len(Path(spec).parts) == 1 and not Path(spec).suffix:
         # A bare word that is no file was most likely meant as a built-in name.
-        raise CardError.single("neither a built-in baseline nor a model card file", where="baseline", value=spec,
-                               fix=f"use one of: {', '.join(builtin_baselines())}; or give a path to a model card")
+        raise CardError.single(
+            "neither a built-in baseline nor a model card file",
+            where="baseline",
+            value=spec,
+            fix=f"use one of: {', '.join(builtin_baselines())}; or give a path to a model card",
+        )
     return load_card(path)

@@ -11,6 +11,7 @@ import gc
 import json
 import math
 import os
+import signal
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -26,7 +27,7 @@ from ftlab.console import quiet_libraries
 from ftlab.errors import UserError
 from ftlab.settings import resolve_train_config
 from ftlab.sweep.space import split_effective_batch
-from ftlab.sweep.study import open_storage
+from ftlab.sweep.study import build_pruner, open_storage
 from ftlab.tracking import RunTracker
 from ftlab.training.callbacks import TrainingCallback, TrainPlan
 from ftlab.training.loop import NonFiniteLossError
@@ -49,6 +50,7 @@ class TrialJob:
     result_file: str
     progress_file: str
     cuda_visible_devices: str | None = None
+    cpu_threads: int | None = None  # several CPU trials at once split the cores instead of oversubscribing them
 
 
 @dataclass
@@ -147,12 +149,17 @@ def run_trial_job(job: TrialJob) -> None:
     """Entry point of a trial process. Never raises: every outcome ends in the result file and the run's state."""
     if job.cuda_visible_devices is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = job.cuda_visible_devices  # before anything touches CUDA
+    os.environ["FTLAB_TRIAL_NUMBER"] = str(job.trial_number)
+    if job.cpu_threads:
+        torch.set_num_threads(job.cpu_threads)
     quiet_libraries()
     result_file = Path(job.result_file)
     tracker = RunTracker(MlflowClient(tracking_uri=job.tracking_uri), job.run_id)
     try:
         report = _train_with_oom_retry(job, tracker)
     except KeyboardInterrupt:
+        # A terminal's Ctrl-C reaches this process directly and again through the sweep; let only the first count.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         report = TrialReport("interrupted", "stopped by Ctrl-C")
         tracker.end("KILLED", reason=report.reason)
     report.write(result_file)
@@ -161,7 +168,10 @@ def run_trial_job(job: TrialJob) -> None:
 def _train_with_oom_retry(job: TrialJob, tracker: RunTracker) -> TrialReport:
     sweep = SweepConfig.model_validate(job.sweep)
     sweep_dir = Path(job.sweep_dir)
-    study = optuna.load_study(study_name=job.study_name, storage=open_storage(job.storage_url))
+    # The pruner is not stored with the study: build the sweep's own, or Optuna's default would decide.
+    study = optuna.load_study(
+        study_name=job.study_name, storage=open_storage(job.storage_url), pruner=build_pruner(sweep.pruner)
+    )
     trial = optuna.trial.Trial(study, job.trial_id)
     overrides = dict(job.overrides)
     oom_history: list[str] = []

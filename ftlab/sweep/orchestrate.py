@@ -24,6 +24,7 @@ class SweepOutcome:
     comparison: Comparison | None
     parent_run_id: str
     report_dir: Path
+    tracking_uri: str
 
 
 def tracking_uri_for(sweep: SweepConfig, override: str | None = None) -> str:
@@ -80,9 +81,8 @@ def run_sweep(
         if runner.parent_run_id:
             log_report(runner.study, sweep, uri, runner.parent_run_id, report_dir)
             runner.finish(status)
-    return SweepOutcome(
-        runner.study, compare(runner.study, sweep.objectives[0].metric), runner.parent_run_id, report_dir
-    )
+    comparison = compare(runner.study, sweep.objectives[0].metric)
+    return SweepOutcome(runner.study, comparison, runner.parent_run_id, report_dir, uri)
 
 
 def open_sweep_study(sweep_file: Path, storage_url: str | None = None) -> tuple[SweepConfig, optuna.Study]:

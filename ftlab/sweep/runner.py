@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 from ftlab.config import SweepConfig, TrainConfig
 from ftlab.settings import resolve_train_config
 from ftlab.sweep.child import TrialJob, TrialReport, run_trial_job
-from ftlab.sweep.space import baseline_point, sample_overrides
+from ftlab.sweep.space import baseline_point, same_point, sample_overrides
 from ftlab.sweep.study import create_or_load_study
 from ftlab.tracking import RunTracker, flatten, redact_url
 
@@ -102,10 +102,19 @@ class SweepRunner:
 
     # --- setup -------------------------------------------------------------------------------------------------
 
+    @property
+    def _grid(self) -> optuna.samplers.GridSampler | None:
+        sampler = self.study.sampler
+        return sampler if isinstance(sampler, optuna.samplers.GridSampler) else None
+
     def enqueue_baseline(self) -> None:
-        """The documented recipe is trial 0 of every sweep, so the search is always measured against it."""
+        """The documented recipe is trial 0 of every sweep, so the search is always measured against it.
+
+        A grid sampler ignores enqueued trials and would run the baseline's point a second time; there the grid
+        runs it once and that trial is marked as the baseline (see ``_run_one``).
+        """
         has_baseline = any(trial.user_attrs.get(BASELINE_ATTR) for trial in self.study.get_trials(deepcopy=False))
-        if not has_baseline:
+        if not has_baseline and self._grid is None:
             self.study.enqueue_trial(self.baseline_point, user_attrs={BASELINE_ATTR: True}, skip_if_exists=False)
 
     def start_parent_run(self) -> str:
@@ -147,6 +156,8 @@ class SweepRunner:
 
     def _may_start(self, n_trials: int | None) -> bool | None:
         """True: start a trial now. None: wait (running trials may still meet the budget). False: done."""
+        if self._grid is not None and self._grid.is_exhausted(self.study):
+            return False
         if n_trials is None:
             return True
         counts = self._counts()
@@ -163,24 +174,30 @@ class SweepRunner:
         self.enqueue_baseline()
         self.start_parent_run()
         deadline = time.monotonic() + timeout if timeout else None
-        threads = [
-            threading.Thread(target=self._worker, args=(index, n_trials, deadline), name=f"ftlab-worker-{index}")
-            for index in range(self.workers)
-        ]
-        for thread in threads:
-            thread.start()
+        finished = [threading.Event() for _ in range(self.workers)]
+        for index in range(self.workers):
+            threading.Thread(
+                target=self._worker, args=(index, n_trials, deadline, finished[index]), name=f"ftlab-worker-{index}"
+            ).start()
+        # Wait on events, not Thread.join: a KeyboardInterrupt that lands inside join() can leave the thread looking
+        # finished while it still records its trial's outcome.
         try:
-            while any(thread.is_alive() for thread in threads):
-                for thread in threads:
-                    thread.join(timeout=_POLL_S)
+            while not all(event.wait(timeout=_POLL_S) for event in finished):
+                pass
         except KeyboardInterrupt:
             self.stop_event.set()
             self._interrupt_trials()
-            for thread in threads:
-                thread.join()
+            for event in finished:
+                event.wait()
             raise
 
-    def _worker(self, index: int, n_trials: int | None, deadline: float | None) -> None:
+    def _worker(self, index: int, n_trials: int | None, deadline: float | None, finished: threading.Event) -> None:
+        try:
+            self._work(index, n_trials, deadline)
+        finally:
+            finished.set()
+
+    def _work(self, index: int, n_trials: int | None, deadline: float | None) -> None:
         while not self.stop_event.is_set():
             if deadline is not None and time.monotonic() >= deadline:
                 return
@@ -208,8 +225,10 @@ class SweepRunner:
         return gpus[worker % len(gpus)]
 
     def _run_one(self, trial: optuna.Trial, worker: int) -> None:
-        is_baseline = bool(trial.user_attrs.get(BASELINE_ATTR))
         overrides = sample_overrides(trial, self.sweep, self.baseline_config)
+        if self._grid is not None and same_point(trial.params, self.baseline_point):
+            trial.set_user_attr(BASELINE_ATTR, True)
+        is_baseline = bool(trial.user_attrs.get(BASELINE_ATTR))
         run = RunTracker.start(
             self.tracking_uri,
             self.experiment,
@@ -237,6 +256,7 @@ class SweepRunner:
             result_file=str(trial_dir / "result.json"),
             progress_file=str(trial_dir / "progress.json"),
             cuda_visible_devices=self._cuda_devices_for(worker),
+            cpu_threads=max(1, (os.cpu_count() or 1) // self.workers) if self.workers > 1 else None,
         )
         Path(job.result_file).unlink(missing_ok=True)
         running = RunningTrial(trial.number, trial.params, is_baseline, Path(job.progress_file))
@@ -277,6 +297,16 @@ class SweepRunner:
                 os.kill(process.pid, signal.SIGINT)
 
     def _tell(self, trial: optuna.Trial, report: TrialReport) -> None:
+        try:
+            self._tell_outcome(trial, report)
+        except RuntimeError:
+            # Optuna's grid sampler calls study.stop() once the grid is used up, which only works inside
+            # study.optimize; the outcome is stored by then, so end this sweep instead.
+            if self._grid is None or not self._grid.is_exhausted(self.study):
+                raise
+            self.stop_event.set()
+
+    def _tell_outcome(self, trial: optuna.Trial, report: TrialReport) -> None:
         if report.state == "complete":
             for key in ("eval_loss", "perplexity", "train_loss", "tokens_seen", "seconds", "model_dir", "device"):
                 trial.set_user_attr(key, getattr(report, key))

@@ -33,9 +33,13 @@ def open_storage(url: str) -> RDBStorage:
     return RDBStorage(url, engine_kwargs=engine_kwargs)
 
 
-def build_sampler(config: SamplerConfig, sweep: SweepConfig) -> optuna.samplers.BaseSampler:
-    """Optuna's own sampler for ``config.name``, seeded."""
-    seed = config.seed
+def build_sampler(config: SamplerConfig, sweep: SweepConfig, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
+    """Optuna's own sampler for ``config.name``, seeded with ``config.seed + seed_offset``.
+
+    A resumed sweep passes the number of trials it already has as the offset: the same seed again would replay the
+    same random draws and repeat finished trials, while this keeps a resumed sweep reproducible all the same.
+    """
+    seed = None if config.seed is None else config.seed + seed_offset
     startup = {} if config.n_startup_trials is None else {"n_startup_trials": config.n_startup_trials}
     if config.name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, **startup)
@@ -68,12 +72,20 @@ def build_pruner(config: PrunerConfig) -> optuna.pruners.BasePruner:
     )
 
 
+def _existing_trials(storage: RDBStorage, name: str) -> int:
+    try:
+        return len(storage.get_all_trials(storage.get_study_id_from_name(name), deepcopy=False))
+    except KeyError:
+        return 0
+
+
 def create_or_load_study(sweep: SweepConfig, storage_url: str) -> optuna.Study:
     """The sweep's study, created on first use and resumed afterwards (its name is the sweep's name)."""
+    storage = open_storage(storage_url)
     return optuna.create_study(
         study_name=sweep.name,
-        storage=open_storage(storage_url),
-        sampler=build_sampler(sweep.sampler, sweep),
+        storage=storage,
+        sampler=build_sampler(sweep.sampler, sweep, seed_offset=_existing_trials(storage, sweep.name)),
         pruner=build_pruner(sweep.pruner),
         directions=[objective.direction for objective in sweep.objectives],
         load_if_exists=True,

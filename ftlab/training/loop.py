@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,18 +47,25 @@ class InjectedFaults:
     """Faults the tests inject through ``FTLAB_INJECT_FAULT`` to prove the sweep survives them.
 
     Format: comma-separated ``oom_at_step=N``, ``oom_above_batch=B`` (raise CUDA OOM at step N while the micro-batch
-    is larger than B), ``nan_at_step=N`` (make the loss NaN at step N). Unset in normal use.
+    is larger than B), ``nan_at_step=N`` (make the loss NaN at step N), ``segfault_at_step=N`` (kill the process with
+    SIGSEGV at step N), ``trial=K`` (only in sweep trial number K, read from ``FTLAB_TRIAL_NUMBER``). Unset in normal
+    use.
     """
 
     oom_at_step: int | None = None
     oom_above_batch: int = 0
     nan_at_step: int | None = None
+    segfault_at_step: int | None = None
+    trial: int | None = None
 
     @classmethod
     def from_env(cls) -> InjectedFaults:
         spec = os.environ.get("FTLAB_INJECT_FAULT", "")
-        values = dict(item.split("=", 1) for item in spec.split(",") if "=" in item)
-        return cls(**{key: int(value) for key, value in values.items()})
+        values = {key: int(value) for key, value in (item.split("=", 1) for item in spec.split(",") if "=" in item)}
+        faults = cls(**values)
+        if faults.trial is not None and str(faults.trial) != os.environ.get("FTLAB_TRIAL_NUMBER"):
+            return cls()
+        return faults
 
 
 def plan_steps(config: TrainConfig, train_blocks: int) -> tuple[int, int]:
@@ -182,6 +190,8 @@ def train(
         step_indices = order[position * micro * accumulation : (position + 1) * micro * accumulation]
         step_loss = torch.zeros((), dtype=torch.float64, device=device)
         for micro_step in range(accumulation):
+            if faults.segfault_at_step == step:
+                os.kill(os.getpid(), signal.SIGSEGV)
             if faults.oom_at_step == step and micro > faults.oom_above_batch:
                 raise torch.cuda.OutOfMemoryError(f"injected by FTLAB_INJECT_FAULT at step {step}")
             batch = train_blocks[step_indices[micro_step * micro : (micro_step + 1) * micro]]

@@ -1,0 +1,82 @@
+"""Helpers for tests that run the real ``ftlab`` CLI on the tiny demo model."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from mlflow import MlflowClient
+
+# A sweep small enough for a few seconds per trial on two cores: the demo model on a slice of the demo text.
+SMALL_SWEEP: dict[str, Any] = {
+    "name": "small",
+    "model": {"name_or_path": "demo://tiny-gpt2"},
+    "data": {
+        "train_files": ["demo://pydoc-topics.txt"],
+        "block_size": 64,
+        "validation_fraction": 0.1,
+        "max_train_blocks": 256,
+        "max_eval_blocks": 16,
+    },
+    "baseline": {
+        "learning_rate": 1e-3,
+        "per_device_train_batch_size": 4,
+        "per_device_eval_batch_size": 16,
+        "gradient_accumulation_steps": 2,
+        "warmup_ratio": 0.1,
+    },
+    "train": {"num_train_epochs": 1, "eval_tokens": 4096, "logging_steps": 4, "seed": 7},
+    "search": {
+        "learning_rate": {"factor": [0.3, 3]},
+        "total_train_batch_size": {"choices": [8, 16]},
+    },
+    "sampler": {"name": "random", "seed": 0},
+    "pruner": {"name": "none"},
+    "budget": {"n_trials": 3},
+}
+
+
+def write_sweep(folder: Path, **changes: Any) -> Path:
+    """SMALL_SWEEP with top-level keys replaced (a None value removes the key), as ``folder/sweep.yaml``."""
+    sweep = copy.deepcopy(SMALL_SWEEP)
+    for key, value in changes.items():
+        if value is None:
+            sweep.pop(key, None)
+        else:
+            sweep[key] = value
+    path = folder / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep, sort_keys=False))
+    return path
+
+
+def run_ftlab(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """Run the installed CLI's module in a subprocess, as a user would, without a terminal (plain output)."""
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run(
+        [sys.executable, "-m", "ftlab.cli", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def local_client(folder: Path) -> MlflowClient:
+    """The MLflow client of the default store ``folder/mlruns``."""
+    return MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}")
+
+
+def runs_of(folder: Path, experiment: str) -> list[Any]:
+    client = local_client(folder)
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None, f"no MLflow experiment {experiment!r}"
+    return client.search_runs([found.experiment_id], max_results=1000)

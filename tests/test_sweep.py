@@ -1,0 +1,211 @@
+"""`ftlab sweep` end to end on CPU: trial 0 is the baseline, runs nest and match states, faults stay inside trials."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from tests.helpers import SMALL_SWEEP, local_client, run_ftlab, runs_of, write_sweep
+
+pytestmark = pytest.mark.integration
+
+STATE_TO_RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+
+
+def load_study(folder: Path, name: str = "small") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{folder / 'mlruns' / 'optuna.db'}")
+
+
+def assert_runs_match_trials(folder: Path, study: optuna.Study, experiment: str = "small") -> None:
+    """One parent run; one child per trial, nested, with the matching state; none left RUNNING."""
+    runs = runs_of(folder, experiment)
+    parents = [run for run in runs if run.data.tags.get("ftlab.role") == "sweep"]
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.status != "RUNNING"
+    children = {run.info.run_id: run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    trials = study.get_trials(deepcopy=False)
+    assert len(children) == len(trials) == len(runs) - 1
+    for trial in trials:
+        run = children[trial.user_attrs["mlflow_run_id"]]
+        assert run.data.tags["optuna.trial.number"] == str(trial.number)
+        assert run.info.status == STATE_TO_RUN_STATUS[trial.state.name], (trial.number, trial.state, run.info.status)
+        if trial.state.name != "COMPLETE":
+            assert run.data.tags.get("ftlab.end_reason"), "pruned and failed runs say why"
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("sweep")
+    result = run_ftlab("sweep", str(write_sweep(folder)), cwd=folder)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return folder
+
+
+def test_baseline_is_trial_zero_and_budget_counts_complete_trials(finished_sweep: Path) -> None:
+    study = load_study(finished_sweep)
+    trials = study.get_trials(deepcopy=False)
+    assert trials[0].user_attrs["baseline"] is True
+    assert trials[0].params["learning_rate"] == pytest.approx(SMALL_SWEEP["baseline"]["learning_rate"])
+    assert trials[0].params["total_train_batch_size"] == 8
+    assert sum(trial.user_attrs.get("baseline", False) for trial in trials) == 1
+    assert [trial.state.name for trial in trials].count("COMPLETE") == 3
+
+
+def test_each_trial_is_a_nested_run_with_matching_state(finished_sweep: Path) -> None:
+    assert_runs_match_trials(finished_sweep, load_study(finished_sweep))
+
+
+def test_report_is_logged_to_the_parent_run(finished_sweep: Path) -> None:
+    client = local_client(finished_sweep)
+    (parent,) = [run for run in runs_of(finished_sweep, "small") if run.data.tags.get("ftlab.role") == "sweep"]
+    files = {artifact.path for artifact in client.list_artifacts(parent.info.run_id, "report")}
+    for name in ("optimization_history", "parallel_coordinate", "slice", "intermediate_values", "param_importances"):
+        assert f"report/{name}.png" in files
+    assert {"report/report.html", "report/best_vs_baseline.md"} <= files
+    assert parent.data.params["search.learning_rate.factor"] == "[0.3, 3.0]"
+    assert parent.data.tags["optuna.study_name"] == "small"
+
+
+def test_status_json_shows_best_against_baseline(finished_sweep: Path) -> None:
+    result = run_ftlab("status", str(finished_sweep / "sweep.yaml"), "--json", cwd=finished_sweep)
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    assert status["counts"]["COMPLETE"] == 3
+    best = status["best"]
+    assert best["baseline_trial"] == 0
+    values = [trial["values"][0] for trial in status["trials"] if trial["state"] == "COMPLETE"]
+    assert best["best_value"] == min(values)
+    plain = run_ftlab("status", str(finished_sweep / "sweep.yaml"), cwd=finished_sweep)
+    assert "baseline" in plain.stdout
+
+
+def test_resumed_sweep_adds_trials_without_repeating(finished_sweep: Path) -> None:
+    sweep = str(finished_sweep / "sweep.yaml")
+    again = run_ftlab("sweep", sweep, cwd=finished_sweep)  # budget already met: nothing new
+    assert again.returncode == 0, again.stderr
+    assert len(load_study(finished_sweep).trials) == 3
+    more = run_ftlab("sweep", sweep, "--n-trials", "4", cwd=finished_sweep)
+    assert more.returncode == 0, more.stderr
+    study = load_study(finished_sweep)
+    assert [trial.number for trial in study.trials] == [0, 1, 2, 3]
+    points = [tuple(sorted(trial.params.items())) for trial in study.trials]
+    assert len(set(points)) == len(points)
+    assert_runs_match_trials(finished_sweep, study)  # still one parent run
+
+
+def test_a_pruner_that_must_prune_does(tmp_path: Path) -> None:
+    # A learning rate 1e5 times too small learns nothing, so the median pruner stops it at the first fidelity point.
+    sweep = write_sweep(
+        tmp_path,
+        search={"learning_rate": {"choices": [1e-3, 1e-8]}, "total_train_batch_size": {"choices": [8, 16]}},
+        sampler={"name": "random", "seed": 1},  # draws 1e-8 for trial 1
+        pruner={"name": "median", "n_startup_trials": 1},
+        budget={"n_trials": 2},
+    )
+    result = run_ftlab("sweep", str(sweep), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    study = load_study(tmp_path)
+    pruned = [trial for trial in study.trials if trial.state.name == "PRUNED"]
+    assert pruned, [trial.state for trial in study.trials]
+    hopeless = [trial for trial in study.trials if trial.params["learning_rate"] == 1e-8]
+    assert hopeless and all(trial.state.name == "PRUNED" for trial in hopeless)
+    complete_points = max(len(trial.intermediate_values) for trial in study.trials if trial.state.name == "COMPLETE")
+    assert all(len(trial.intermediate_values) < complete_points for trial in pruned), "pruned before the end"
+    assert_runs_match_trials(tmp_path, study)
+
+
+def test_simulated_oom_retries_with_half_the_micro_batch(tmp_path: Path) -> None:
+    sweep = write_sweep(tmp_path, budget={"n_trials": 1})
+    result = run_ftlab("sweep", str(sweep), cwd=tmp_path, env={"FTLAB_INJECT_FAULT": "oom_at_step=2,oom_above_batch=2"})
+    assert result.returncode == 0, result.stderr
+    (trial,) = load_study(tmp_path).trials
+    assert trial.state.name == "COMPLETE"
+    assert (trial.user_attrs["per_device_train_batch_size"], trial.user_attrs["gradient_accumulation_steps"]) == (2, 4)
+    (run,) = [run for run in runs_of(tmp_path, "small") if run.data.tags.get("optuna.trial.number") == "0"]
+    assert run.data.tags["ftlab.oom_retries"] == "4x2->2x4"
+    assert run.data.params["total_train_batch_size"] == "8"
+
+
+def test_nan_loss_prunes_the_trial_and_the_sweep_goes_on(tmp_path: Path) -> None:
+    sweep = write_sweep(tmp_path, budget={"n_trials": 2})
+    result = run_ftlab("sweep", str(sweep), cwd=tmp_path, env={"FTLAB_INJECT_FAULT": "nan_at_step=3,trial=1"})
+    assert result.returncode == 0, result.stderr
+    study = load_study(tmp_path)
+    assert [trial.state.name for trial in study.trials] == ["COMPLETE", "PRUNED", "COMPLETE"]
+    assert "nan" in study.trials[1].user_attrs["prune_reason"].lower()
+    assert_runs_match_trials(tmp_path, study)
+
+
+def test_a_segfault_fails_only_its_trial(tmp_path: Path) -> None:
+    sweep = write_sweep(tmp_path, budget={"n_trials": 2})
+    result = run_ftlab("sweep", str(sweep), cwd=tmp_path, env={"FTLAB_INJECT_FAULT": "segfault_at_step=2,trial=1"})
+    assert result.returncode == 0, result.stderr
+    study = load_study(tmp_path)
+    assert [trial.state.name for trial in study.trials] == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert "SIGSEGV" in study.trials[1].user_attrs["fail_reason"]
+    assert_runs_match_trials(tmp_path, study)
+
+
+def test_grid_sampler_runs_the_baseline_point_once_and_stops_when_the_grid_is_done(tmp_path: Path) -> None:
+    sweep = write_sweep(
+        tmp_path,
+        search={"learning_rate": {"choices": [1e-3, 2e-3]}, "total_train_batch_size": {"choices": [8]}},
+        sampler={"name": "grid", "seed": 0},
+        budget={"n_trials": 5},
+    )
+    result = run_ftlab("sweep", str(sweep), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    study = load_study(tmp_path)
+    assert sorted(trial.params["learning_rate"] for trial in study.trials) == [1e-3, 2e-3]
+    assert [trial.params["learning_rate"] for trial in study.trials if trial.user_attrs.get("baseline")] == [1e-3]
+
+
+def test_two_workers_on_the_default_storage_finish_every_trial(tmp_path: Path) -> None:
+    sweep = write_sweep(tmp_path, budget={"n_trials": 4})
+    result = run_ftlab("sweep", str(sweep), "--workers", "2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "locked" not in result.stderr
+    study = load_study(tmp_path)
+    assert [trial.state.name for trial in study.trials].count("COMPLETE") == 4
+    assert all(trial.state.name == "COMPLETE" for trial in study.trials)
+    assert_runs_match_trials(tmp_path, study)
+
+
+def test_ctrl_c_ends_runs_killed_and_the_study_resumes(tmp_path: Path) -> None:
+    sweep = write_sweep(tmp_path, budget={"n_trials": 2}, train={**SMALL_SWEEP["train"], "num_train_epochs": 20})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ftlab.cli", "sweep", str(sweep)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    progress = tmp_path / ".ftlab" / "trials" / "small" / "trial-000" / "progress.json"
+    deadline = time.monotonic() + 120
+    while not (progress.exists() and json.loads(progress.read_text() or "{}").get("step", 0) > 0):
+        assert time.monotonic() < deadline and process.poll() is None, process.communicate()
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group gets it
+    __, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    study = load_study(tmp_path)
+    assert [trial.state.name for trial in study.trials] == ["FAIL"]
+    assert study.trials[0].user_attrs["fail_reason"] == "stopped by Ctrl-C"
+    runs = runs_of(tmp_path, "small")
+    assert len(runs) == 2
+    assert all(run.info.status == "KILLED" for run in runs), [(r.info.run_name, r.info.status) for r in runs]
+
+    # Resumable: the same command again finishes the budget; the interrupted trial stays as it was.
+    resumed = run_ftlab("sweep", str(write_sweep(tmp_path, budget={"n_trials": 1})), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert [trial.state.name for trial in load_study(tmp_path).trials] == ["FAIL", "COMPLETE"]
