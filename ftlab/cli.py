@@ -7,6 +7,7 @@ and keeps its traceback.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -238,6 +239,106 @@ def report(file: SweepFile, storage: StorageUrl = None, tracking_uri: TrackingUr
 
     out_dir = report_sweep(file, storage, tracking_uri)
     console.print(f"report written to {out_dir} and logged to the parent run under report/")
+
+
+@app.command()
+def best(
+    file: SweepFile,
+    export: Annotated[
+        Path | None, typer.Option("--export", help="Write the winner as a Hugging Face model folder.")
+    ] = None,
+    register: Annotated[
+        str | None, typer.Option("--register", help="With --export: a Model Registry name; alias `champion`.")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="With --export: overwrite a non-empty folder.")] = False,
+    storage: StorageUrl = None,
+    tracking_uri: TrackingUri = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """The best trial against the baseline; with --export, the winner as a verified Hugging Face model directory."""
+    quiet_libraries()
+    from ftlab.export.best import select_best
+    from ftlab.sweep.orchestrate import open_sweep_study, tracking_uri_for
+
+    if register and export is None:
+        raise UserError.single("--register needs --export DIR", where="--register", fix="add --export DIR")
+    sweep_config, study = open_sweep_study(file, storage)
+    uri = tracking_uri_for(sweep_config, tracking_uri)
+    winner = select_best(study, sweep_config, str(file)).as_json(uri)
+    if export is not None:
+        from ftlab.export.export import export_best
+
+        result = export_best(file, export, register=register, force=force, storage_url=storage, tracking_uri=uri)
+        winner["export"] = {
+            "dir": str(result.out_dir),
+            "eval_loss_measured": result.measured_eval_loss,
+            "weights_from": result.weights_from,
+            "registered": result.registered,
+        }
+    if as_json:
+        console.print_json(json.dumps(winner, default=str))
+        return
+    _print_best(winner)
+
+
+def _print_best(winner: dict[str, Any]) -> None:
+    table = Table(title=f"best trial #{winner['trial']}", show_header=True)
+    table.add_column("")
+    table.add_column("baseline")
+    table.add_column("best")
+    base = winner["baseline"] or {}
+    table.add_row("trial", str(base.get("trial", "-")), str(winner["trial"]))
+    for key, label in (("eval_loss", "eval/loss"), ("perplexity", "eval/perplexity")):
+        table.add_row(label, _num(base.get(key)), _num(winner[key]))
+    for key, value in winner["params"].items():
+        table.add_row(
+            key,
+            str((base.get("params") or {}).get(key, "-")),
+            f"{value:.4g}" if isinstance(value, float) else str(value),
+        )
+    console.print(table)
+    gain = winner["gain"]
+    if gain["absolute"] is not None:
+        console.print(f"gain over the baseline: {gain['absolute']:.4f} ({gain['relative']:+.1%}) on {winner['metric']}")
+    console.print(f"MLflow run {winner['mlflow_run_id']}: {winner['ui']}")
+    if "export" in winner:
+        exported = winner["export"]
+        console.print(
+            f"exported to {exported['dir']} (weights from {exported['weights_from']}; eval loss re-measured "
+            f"{exported['eval_loss_measured']:.4f})"
+        )
+        if exported["registered"]:
+            console.print(f"registered as {exported['registered']}")
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+@app.command()
+def ui(
+    file: Annotated[Path | None, typer.Argument(help="A sweep file: open its tracking store.")] = None,
+    port: Annotated[int, typer.Option(help="Port for the MLflow UI.")] = 5000,
+    tracking_uri: TrackingUri = None,
+    storage: StorageUrl = None,
+) -> None:
+    """Start the MLflow UI on the sweep's store (localhost only) and say how to open optuna-dashboard on its study."""
+    from ftlab.config import load_sweep
+    from ftlab.sweep.study import storage_url_for
+    from ftlab.tracking import default_tracking_uri, redact_url
+
+    sweep_config = load_sweep(file) if file else None
+    uri = tracking_uri or (sweep_config.tracking.uri if sweep_config else None) or default_tracking_uri()
+    if sweep_config is not None:
+        study_storage = storage_url_for(sweep_config, storage)
+        console.print(f"Optuna dashboard for the study: optuna-dashboard {redact_url(study_storage)}")
+    if uri.startswith(("http://", "https://")):
+        console.print(f"The tracking server already serves the UI: {redact_url(uri)}")
+        return
+    console.print(f"MLflow UI on http://127.0.0.1:{port} (Ctrl-C stops it)")
+    mlflow_cli = Path(sys.executable).with_name("mlflow")
+    command = [str(mlflow_cli), "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
+    os.execv(command[0], command)
 
 
 def main() -> None:

@@ -210,6 +210,8 @@ class BudgetConfig(StrictModel):
     """COMPLETE trials to reach across all workers (the baseline trial included)."""
     timeout: float | None = Field(default=None, gt=0)
     """Seconds after which no new trial starts."""
+    max_trials: int | None = Field(default=None, ge=1)
+    """Trials to start at most, whatever their outcome: a safety net for searches where most trials are pruned."""
 
 
 class TrackingConfig(StrictModel):

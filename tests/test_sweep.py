@@ -103,23 +103,21 @@ def test_resumed_sweep_adds_trials_without_repeating(finished_sweep: Path) -> No
 
 
 def test_a_pruner_that_must_prune_does(tmp_path: Path) -> None:
-    # A learning rate 1e5 times too small learns nothing, so the median pruner stops it at the first fidelity point.
+    # Every sampled learning rate is ~1e5 times too small to learn anything, so after the baseline completes the median
+    # pruner must stop each sampled trial at its first fidelity point. budget.max_trials ends the sweep.
     sweep = write_sweep(
         tmp_path,
-        search={"learning_rate": {"choices": [1e-3, 1e-8]}, "total_train_batch_size": {"choices": [8, 16]}},
-        sampler={"name": "random", "seed": 1},  # draws 1e-8 for trial 1
+        search={"learning_rate": {"factor": [1e-5, 2e-5]}},
         pruner={"name": "median", "n_startup_trials": 1},
-        budget={"n_trials": 2},
+        budget={"n_trials": 50, "max_trials": 3},
     )
     result = run_ftlab("sweep", str(sweep), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     study = load_study(tmp_path)
-    pruned = [trial for trial in study.trials if trial.state.name == "PRUNED"]
-    assert pruned, [trial.state for trial in study.trials]
-    hopeless = [trial for trial in study.trials if trial.params["learning_rate"] == 1e-8]
-    assert hopeless and all(trial.state.name == "PRUNED" for trial in hopeless)
-    complete_points = max(len(trial.intermediate_values) for trial in study.trials if trial.state.name == "COMPLETE")
-    assert all(len(trial.intermediate_values) < complete_points for trial in pruned), "pruned before the end"
+    states = [trial.state.name for trial in study.trials]
+    assert states == ["COMPLETE", "PRUNED", "PRUNED"], states
+    assert all(len(trial.intermediate_values) == 1 for trial in study.trials[1:]), "pruned at the first point"
+    assert "pruned after 4,096 tokens" in study.trials[1].user_attrs["prune_reason"]
     assert_runs_match_trials(tmp_path, study)
 
 

@@ -42,6 +42,7 @@ _JSON_HEAD = (
     "lr_scheduler_type",
 )
 _JSON_EITHER_OR = (("warmup_ratio", "warmup_steps"), ("num_train_epochs", "max_steps"))
+_JSON_IF_STATED = ("weight_decay", "max_grad_norm")  # only ftlab's own cards state them
 _JSON_TAIL = (
     "optim",
     "adam_beta1",
@@ -82,6 +83,8 @@ class CardBaseline(BaseModel):
     adam_beta1: float | None = None
     adam_beta2: float | None = None
     adam_epsilon: float | None = None
+    weight_decay: float | None = None
+    max_grad_norm: float | None = None
     num_devices: int = 1
     total_train_batch_size: int | None = None
     total_eval_batch_size: int | None = None
@@ -110,6 +113,7 @@ class CardBaseline(BaseModel):
         for pair in _JSON_EITHER_OR:
             data |= {name: getattr(self, name) for name in pair if getattr(self, name) is not None}
         data |= {name: getattr(self, name) for name in _JSON_TAIL}
+        data |= {name: getattr(self, name) for name in _JSON_IF_STATED if getattr(self, name) is not None}
         data["warnings"] = list(self.warnings)
         return data
 
@@ -282,6 +286,9 @@ _SIMPLE_KEYS: dict[str, tuple[str, Callable[[str, str, str], Any]]] = {
     "num_epochs": ("num_train_epochs", _positive_number),
     "training_steps": ("max_steps", _positive_whole_number),
     "mixed_precision_training": ("mixed_precision_training", _text),
+    # Not written by Trainer; ftlab's exported cards add them because a sweep may have searched them.
+    "weight_decay": ("weight_decay", _number),
+    "max_grad_norm": ("max_grad_norm", _number),
 }
 # Keys Trainer writes that need no field: the device count is in `num_devices`.
 _IGNORED_KEYS = frozenset({"distributed_type"})

@@ -158,9 +158,12 @@ class SweepRunner:
         """True: start a trial now. None: wait (running trials may still meet the budget). False: done."""
         if self._grid is not None and self._grid.is_exhausted(self.study):
             return False
+        counts = self._counts()
+        max_trials = self.sweep.budget.max_trials
+        if max_trials is not None and sum(counts.values()) - counts[TrialState.WAITING] >= max_trials:
+            return False
         if n_trials is None:
             return True
-        counts = self._counts()
         if counts[TrialState.COMPLETE] >= n_trials:
             return False
         if counts[TrialState.COMPLETE] + counts[TrialState.RUNNING] >= n_trials:

@@ -36,15 +36,18 @@ def _suggest(trial: optuna.Trial, name: str, spec: ParamSpec, baseline: TrainCon
 
 def sample_overrides(trial: optuna.Trial, sweep: SweepConfig, baseline: TrainConfig) -> dict[str, Any]:
     """Sample every searched key and turn the result into TrainingArguments overrides."""
-    overrides: dict[str, Any] = {}
-    for name, spec in sweep.search.items():
-        value = _suggest(trial, name, spec, baseline)
-        if name == "total_train_batch_size":
-            micro, accumulation = split_effective_batch(int(value), baseline.per_device_train_batch_size)
-            overrides["per_device_train_batch_size"] = micro
-            overrides["gradient_accumulation_steps"] = accumulation
-        else:
-            overrides[name] = value
+    params = {name: _suggest(trial, name, spec, baseline) for name, spec in sweep.search.items()}
+    return params_to_overrides(params, baseline)
+
+
+def params_to_overrides(params: dict[str, Any], baseline: TrainConfig) -> dict[str, Any]:
+    """A trial's sampled params as TrainingArguments overrides (the effective batch split into its parts)."""
+    overrides = dict(params)
+    if "total_train_batch_size" in overrides:
+        total = int(overrides.pop("total_train_batch_size"))
+        micro, accumulation = split_effective_batch(total, baseline.per_device_train_batch_size)
+        overrides["per_device_train_batch_size"] = micro
+        overrides["gradient_accumulation_steps"] = accumulation
     return overrides
 
 

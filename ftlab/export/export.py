@@ -1,0 +1,224 @@
+"""``ftlab best --export``: the winning trial as a standard Hugging Face model directory, verified before it is written.
+
+The weights come from the trial's local model, else from the MLflow artifact store, else (``tracking.artifacts:
+none``) from re-training the winner's configuration with its seed. Either way they are evaluated on the validation
+split first, and the export is refused unless that matches the recorded eval loss: the exported model is the one that
+was measured.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import transformers
+from mlflow import MlflowClient
+
+from ftlab.config import SweepConfig, TrainConfig
+from ftlab.data import prepare_data
+from ftlab.errors import UserError
+from ftlab.export.best import BestTrial, select_best
+from ftlab.export.card import CardFacts, render_card
+from ftlab.settings import resolve_train_config
+from ftlab.sweep.orchestrate import open_sweep_study, tracking_uri_for
+from ftlab.sweep.runner import RUN_ID_ATTR
+from ftlab.sweep.space import params_to_overrides
+from ftlab.training.metrics import evaluate, perplexity
+from ftlab.training.runtime import Runtime
+from ftlab.trial import load_tokenizer, run_trial
+
+RELATIVE_TOLERANCE = 1e-3
+CHAMPION_ALIAS = "champion"
+# What a Hugging Face model directory holds; anything else in a trial's folder (checkpoints, progress) stays behind.
+_MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json")
+
+
+class ExportRefusedError(UserError):
+    """The export would not be trustworthy (weights that do not reproduce the recorded metric, a non-empty folder)."""
+
+
+@dataclass
+class ExportResult:
+    out_dir: Path
+    trial_number: int
+    recorded_eval_loss: float
+    measured_eval_loss: float
+    weights_from: str
+    registered: str | None  # "NAME version N (alias champion)"
+
+
+def trial_train_config(sweep: SweepConfig, sweep_dir: Path, trial: optuna.trial.FrozenTrial) -> TrainConfig:
+    """The exact settings the trial trained with, including a micro-batch an out-of-memory retry changed."""
+    baseline = resolve_train_config(sweep, sweep_dir)
+    overrides = params_to_overrides(dict(trial.params), baseline)
+    for key in ("per_device_train_batch_size", "gradient_accumulation_steps"):
+        if trial.user_attrs.get(key) is not None:
+            overrides[key] = trial.user_attrs[key]
+    return resolve_train_config(sweep, sweep_dir, overrides)
+
+
+def _check_target(out_dir: Path, force: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportRefusedError.single("the export target is a file", where=str(out_dir), fix="choose a folder path")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        raise ExportRefusedError.single(
+            "the export folder is not empty", where=str(out_dir), fix="choose an empty folder or pass --force"
+        )
+
+
+def _fetch_weights(
+    best: BestTrial, sweep: SweepConfig, sweep_dir: Path, train: TrainConfig, tracking_uri: str, staging: Path
+) -> tuple[Path, str]:
+    """A folder holding the winner's model; and where it came from."""
+    local = best.trial.user_attrs.get("model_dir")
+    if local and (Path(local) / "config.json").is_file():
+        return Path(local), f"local trial folder {local}"
+    run_id = best.trial.user_attrs.get(RUN_ID_ATTR)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    if run_id and any(artifact.path == "model" for artifact in client.list_artifacts(run_id)):
+        return Path(client.download_artifacts(run_id, "model", str(staging))), f"MLflow artifact runs:/{run_id}/model"
+    # No stored weights (tracking.artifacts: none, and the local folder is gone): re-train with the trial's own seed.
+    outcome = run_trial(
+        sweep,
+        train,
+        sweep_dir=sweep_dir,
+        tracking_uri=tracking_uri,
+        run_name=f"retrain-trial-{best.trial.number:03d}",
+        tags={"ftlab.retrain_of_trial": str(best.trial.number), "ftlab.retrain_of_run": str(run_id)},
+    )
+    return outcome.model_dir, f"re-trained (seed {train.seed}, MLflow run {outcome.run_id})"
+
+
+def measure_eval_loss(model_dir: Path, sweep: SweepConfig, sweep_dir: Path, train: TrainConfig) -> tuple[float, str]:
+    """Eval loss of the weights in ``model_dir`` on the sweep's validation split, as training measured it."""
+    runtime = Runtime.for_config(train)
+    tokenizer = load_tokenizer(sweep)
+    data = prepare_data(sweep.data, tokenizer, base_dir=sweep_dir)
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        model_dir, attn_implementation=sweep.model.attn_implementation
+    ).to(runtime.device)
+    loss, _ = evaluate(
+        model, data.validation_tensor(), train.per_device_eval_batch_size, runtime.device, runtime.autocast()
+    )
+    return loss, data.fingerprint
+
+
+def _copy_model(source: Path, target: Path, sweep: SweepConfig) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    for name in _MODEL_FILES:
+        if (source / name).is_file():
+            shutil.copy2(source / name, target / name)
+    for shard in source.glob("model-*.safetensors"):
+        shutil.copy2(shard, target / shard.name)
+    # The tokenizer as ftlab loaded it for training: the same object users get from AutoTokenizer.
+    load_tokenizer(sweep).save_pretrained(target)
+
+
+def _provenance(best: BestTrial, train: TrainConfig, study: optuna.Study, fingerprint: str, measured: float,
+                weights_from: str, tracking_uri: str) -> dict[str, Any]:  # fmt: skip
+    run_id = best.trial.user_attrs.get(RUN_ID_ATTR)
+    commit = None
+    if run_id:
+        commit = MlflowClient(tracking_uri=tracking_uri).get_run(run_id).data.tags.get("mlflow.source.git.commit")
+    return {
+        "study": study.study_name,
+        "trial": best.trial.number,
+        "mlflow_run_id": run_id,
+        "data_fingerprint": fingerprint,
+        "git_commit": commit,
+        "seed": train.seed,
+        "params": dict(best.trial.params),
+        "train": train.model_dump(),
+        "eval_loss_recorded": best.trial.user_attrs.get("eval_loss"),
+        "eval_loss_measured": measured,
+        "weights_from": weights_from,
+    }
+
+
+def register_model(tracking_uri: str, run_id: str, export_dir: Path, name: str) -> str:
+    """Log the exported folder to the trial's run and make it a Model Registry version with alias ``champion``."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    client.log_artifacts(run_id, str(export_dir), "export")
+    if client.search_registered_models(filter_string=f"name = '{name}'") == []:
+        client.create_registered_model(name, description="Best trials exported by ftlab")
+    version = client.create_model_version(name, source=f"runs:/{run_id}/export", run_id=run_id)
+    client.set_registered_model_alias(name, CHAMPION_ALIAS, version.version)
+    return f"{name} version {version.version} (alias {CHAMPION_ALIAS})"
+
+
+def export_best(
+    sweep_file: Path,
+    out_dir: Path,
+    *,
+    register: str | None = None,
+    force: bool = False,
+    storage_url: str | None = None,
+    tracking_uri: str | None = None,
+) -> ExportResult:
+    """Export the sweep's best trial to ``out_dir`` (see the module docstring).
+
+    Raises:
+        UserError: no completed trial, a non-empty ``out_dir`` without ``force``, or weights whose eval loss does not
+            reproduce the recorded one within 1e-3 relative.
+    """
+    sweep, study = open_sweep_study(sweep_file, storage_url)
+    sweep_dir = sweep_file.parent
+    uri = tracking_uri_for(sweep, tracking_uri)
+    best = select_best(study, sweep, str(sweep_file))
+    _check_target(out_dir, force)
+    train = trial_train_config(sweep, sweep_dir, best.trial)
+    recorded = best.trial.user_attrs.get("eval_loss")
+    if recorded is None:
+        raise ExportRefusedError.single(
+            "the best trial has no recorded eval loss to check the weights against",
+            where=f"trial {best.trial.number}",
+            fix="re-run the sweep with this version of ftlab",
+        )
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.") as staging_name:
+        staging = Path(staging_name)
+        weights, weights_from = _fetch_weights(best, sweep, sweep_dir, train, uri, staging / "download")
+        measured, fingerprint = measure_eval_loss(weights, sweep, sweep_dir, train)
+        if abs(measured - recorded) > RELATIVE_TOLERANCE * abs(recorded):
+            raise ExportRefusedError.single(
+                f"the weights evaluate to eval loss {measured:.6f}, but trial {best.trial.number} recorded "
+                f"{recorded:.6f} (more than {RELATIVE_TOLERANCE:g} relative apart): they are not the measured model",
+                where=weights_from,
+                fix="check that the data and model files did not change since the sweep, or re-run the trial",
+            )
+        build = staging / "model"
+        _copy_model(weights, build, sweep)
+        facts = CardFacts(
+            model_name=f"{sweep.name}-trial-{best.trial.number}",
+            sweep=sweep,
+            train=train,
+            eval_loss=measured,
+            perplexity=perplexity(measured),
+            train_loss=best.trial.user_attrs.get("train_loss"),
+            tokens_seen=best.trial.user_attrs.get("tokens_seen"),
+            trial_number=best.trial.number,
+            trials_run=len(study.trials),
+            study_name=study.study_name,
+            mlflow_run_id=best.trial.user_attrs.get(RUN_ID_ATTR),
+            baseline=best.as_json(uri)["baseline"],
+            gain=best.gain(),
+        )
+        (build / "README.md").write_text(render_card(facts))
+        provenance = _provenance(best, train, study, fingerprint, measured, weights_from, uri)
+        (build / "ftlab.json").write_text(json.dumps(provenance, indent=2) + "\n")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)  # only reached when empty or with --force
+        os.replace(build, out_dir)
+
+    registered = None
+    run_id = best.trial.user_attrs.get(RUN_ID_ATTR)
+    if register:
+        registered = register_model(uri, run_id, out_dir, register)
+    return ExportResult(out_dir, best.trial.number, recorded, measured, weights_from, registered)
