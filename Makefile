@@ -20,6 +20,7 @@ demo: setup
 	$(BIN)/ftlab demo-assets
 	$(BIN)/ftlab sweep sweeps/demo.yaml
 	$(BIN)/ftlab status sweeps/demo.yaml
+	$(BIN)/ftlab best sweeps/demo.yaml --export out/demo-best --force
 	@echo "Next: open the MLflow UI with '$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db' (http://127.0.0.1:5000)"
 
 test: setup

@@ -1,0 +1,152 @@
+"""`ftlab best` and `ftlab best --export`: the winner, verified, in the format everyone loads."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import optuna
+import pytest
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+
+from tests.helpers import local_client, run_ftlab, write_sweep
+
+pytestmark = pytest.mark.integration
+
+
+def study_of(folder: Path) -> optuna.Study:
+    return optuna.load_study(study_name="small", storage=f"sqlite:///{folder / 'mlruns' / 'optuna.db'}")
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("export")
+    result = run_ftlab("sweep", str(write_sweep(folder, budget={"n_trials": 2})), cwd=folder)
+    assert result.returncode == 0, result.stderr
+    return folder
+
+
+@pytest.fixture(scope="module")
+def exported(swept: Path) -> tuple[Path, dict]:
+    result = run_ftlab("best", "sweep.yaml", "--export", "out", "--register", "small-best", "--json", cwd=swept)
+    assert result.returncode == 0, result.stderr
+    return swept / "out", json.loads(result.stdout)
+
+
+def test_best_json_names_the_winner_and_the_baseline(swept: Path) -> None:
+    result = run_ftlab("best", "sweep.yaml", "--json", cwd=swept)
+    assert result.returncode == 0, result.stderr
+    best = json.loads(result.stdout)
+    study = study_of(swept)
+    assert best["trial"] == study.best_trial.number
+    assert best["eval_loss"] == pytest.approx(study.best_value)
+    assert best["perplexity"] == pytest.approx(study.best_trial.user_attrs["perplexity"])
+    assert best["mlflow_run_id"] == study.best_trial.user_attrs["mlflow_run_id"]
+    assert best["baseline"]["trial"] == 0
+    assert best["gain"]["absolute"] == pytest.approx(best["baseline"]["eval_loss"] - best["eval_loss"])
+    assert "mlflow ui --backend-store-uri" in best["ui"]
+
+
+def test_export_loads_with_plain_transformers_and_generates(exported: tuple[Path, dict]) -> None:
+    out, _ = exported
+    assert {"config.json", "model.safetensors", "generation_config.json", "README.md", "ftlab.json"} <= {
+        path.name for path in out.iterdir()
+    }
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert model.config.n_layer == 2
+    generator = pipeline("text-generation", model=str(out))
+    text = generator("The with statement", max_new_tokens=8, do_sample=False)[0]["generated_text"]
+    assert text.startswith("The with statement") and len(tokenizer(text).input_ids) > len(
+        tokenizer("The with statement").input_ids
+    )
+
+
+def test_card_round_trips_to_the_winners_hyperparameters(exported: tuple[Path, dict], swept: Path) -> None:
+    out, best = exported
+    result = run_ftlab("baseline", "from-card", str(out / "README.md"), "--json", cwd=swept)
+    assert result.returncode == 0, result.stderr
+    card = json.loads(result.stdout)
+    params = best["params"]
+    assert card["learning_rate"] == params["learning_rate"]
+    assert card["total_train_batch_size"] == params["total_train_batch_size"]
+    assert card["eval_loss"] == pytest.approx(best["eval_loss"], abs=1e-4)
+    assert card["perplexity"] == pytest.approx(best["perplexity"], rel=1e-4)
+    assert card["warnings"] == []
+    provenance = json.loads((out / "ftlab.json").read_text())
+    for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "warmup_ratio", "seed", "weight_decay"):
+        assert card[key] == provenance["train"][key], key
+
+
+def test_provenance_matches_the_mlflow_run(exported: tuple[Path, dict], swept: Path) -> None:
+    out, best = exported
+    provenance = json.loads((out / "ftlab.json").read_text())
+    run = local_client(swept).get_run(best["mlflow_run_id"])
+    assert provenance["mlflow_run_id"] == run.info.run_id
+    assert provenance["data_fingerprint"] == run.data.tags["data.fingerprint"]
+    assert provenance["seed"] == int(run.data.params["seed"])
+    assert provenance["trial"] == best["trial"] == int(run.data.tags["optuna.trial.number"])
+    assert (
+        abs(provenance["eval_loss_measured"] - provenance["eval_loss_recorded"])
+        <= 1e-3 * provenance["eval_loss_recorded"]
+    )
+
+
+def test_registry_version_has_the_champion_alias(exported: tuple[Path, dict], swept: Path) -> None:
+    _, best = exported
+    version = local_client(swept).get_model_version_by_alias("small-best", "champion")
+    assert version.run_id == best["mlflow_run_id"]
+
+
+def test_non_empty_folder_is_refused_unless_forced(exported: tuple[Path, dict], swept: Path) -> None:
+    refused = run_ftlab("best", "sweep.yaml", "--export", "out", cwd=swept)
+    assert refused.returncode == 2 and "not empty" in refused.stderr and "Traceback" not in refused.stderr
+    forced = run_ftlab("best", "sweep.yaml", "--export", "out", "--force", cwd=swept)
+    assert forced.returncode == 0, forced.stderr
+
+
+def test_weights_come_from_mlflow_when_the_local_trial_folder_is_gone(swept: Path) -> None:
+    local = Path(swept / study_of(swept).best_trial.user_attrs["model_dir"])
+    moved = local.with_name("moved-away")
+    shutil.move(local, moved)
+    try:
+        result = run_ftlab("best", "sweep.yaml", "--export", "from-mlflow", "--json", cwd=swept)
+    finally:
+        shutil.move(moved, local)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["export"]["weights_from"].startswith("MLflow artifact")
+
+
+def test_weights_that_do_not_reproduce_the_metric_are_refused(swept: Path) -> None:
+    weights = swept / study_of(swept).best_trial.user_attrs["model_dir"] / "model.safetensors"
+    original = weights.read_bytes()
+    tensors = load_file(weights)
+    name = next(key for key in tensors if key.endswith("wte.weight"))
+    tensors[name] = tensors[name] * 0.5  # a different model than the one the sweep measured
+    save_file(tensors, weights, metadata={"format": "pt"})
+    try:
+        result = run_ftlab("best", "sweep.yaml", "--export", "tampered", cwd=swept)
+    finally:
+        weights.write_bytes(original)
+    assert result.returncode == 2 and "not the measured model" in result.stderr
+    assert not (swept / "tampered").exists()
+
+
+def test_no_completed_trial_is_a_clear_error(tmp_path: Path) -> None:
+    sweep = write_sweep(tmp_path, budget={"n_trials": 1, "max_trials": 1})
+    first = run_ftlab("sweep", str(sweep), cwd=tmp_path, env={"FTLAB_INJECT_FAULT": "nan_at_step=1"})
+    assert first.returncode == 0, first.stderr
+    result = run_ftlab("best", "sweep.yaml", "--export", "out", cwd=tmp_path)
+    assert result.returncode == 2 and "no completed trial" in result.stderr
+
+
+def test_without_stored_artifacts_export_retrains_with_the_trial_seed(tmp_path: Path) -> None:
+    sweep = write_sweep(tmp_path, budget={"n_trials": 1}, tracking={"artifacts": "none"})
+    assert run_ftlab("sweep", str(sweep), cwd=tmp_path).returncode == 0
+    shutil.rmtree(tmp_path / ".ftlab" / "trials")
+    result = run_ftlab("best", "sweep.yaml", "--export", "out", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["export"]["weights_from"].startswith("re-trained")
+    assert (tmp_path / "out" / "model.safetensors").is_file()
