@@ -197,15 +197,43 @@ def sweep(
 
 
 @app.command()
+def worker(
+    file: SweepFile,
+    storage: Annotated[str, typer.Option("--storage", help="The shared Optuna storage (e.g. postgresql://…).")],
+    tracking_uri: Annotated[str, typer.Option("--tracking-uri", help="The shared MLflow tracking server.")],
+    n_trials: Annotated[
+        int | None, typer.Option("--n-trials", help="COMPLETE trials the study should reach, across all workers.")
+    ] = None,
+    timeout: Annotated[float | None, typer.Option("--timeout", help="Seconds after which no new trial starts.")] = None,
+    workers: Annotated[int, typer.Option("--workers", help="Trials at once on this machine (one per GPU).")] = 1,
+) -> None:
+    """Join a shared study from any machine and run trials until its budget is spent."""
+    quiet_libraries()
+    from ftlab.sweep.orchestrate import run_sweep
+
+    outcome = run_sweep(
+        file, n_trials=n_trials, timeout=timeout, workers=workers, storage_url=storage, tracking_uri=tracking_uri,
+        console=console, live=False, seed_salt=os.getpid(),  # workers starting together must not draw alike
+    )  # fmt: skip
+    console.print(outcome.comparison.sentence() if outcome.comparison else "no trial completed")
+
+
+@app.command()
 def status(
     file: SweepFile,
     storage: StorageUrl = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    reap: Annotated[
+        bool, typer.Option("--reap", help="First fail (and retry once) trials whose worker stopped its heartbeat.")
+    ] = False,
+    tracking_uri: TrackingUri = None,
 ) -> None:
     """Every trial's state, params, objective and duration, and the best against the baseline."""
-    from ftlab.sweep.orchestrate import open_sweep_study
+    from ftlab.sweep.orchestrate import open_sweep_study, reap_sweep
     from ftlab.sweep.summary import compare, format_value, status_json, trial_row
 
+    if reap:
+        reap_sweep(file, storage, tracking_uri)
     sweep_config, study = open_sweep_study(file, storage)
     metric = sweep_config.objectives[0].metric
     if as_json:
@@ -348,7 +376,12 @@ def main() -> None:
     except UserError as error:
         err_console.print(f"[bold red]error:[/bold red] {error}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
+        from ftlab.sweep.runner import PreemptedError
+
+        if isinstance(interrupt, PreemptedError):
+            err_console.print("stopped by SIGTERM: interrupted trials will be retried")
+            sys.exit(143)
         err_console.print("interrupted")
         sys.exit(130)
 

@@ -226,6 +226,10 @@ class TrackingConfig(StrictModel):
 class StorageConfig(StrictModel):
     url: str | None = None
     """Optuna storage URL; unset means SQLite under ``./mlruns``."""
+    heartbeat_interval: int = Field(default=10, ge=1)
+    """Seconds between a running trial's heartbeats."""
+    grace_period: int = Field(default=60, ge=2)
+    """Seconds without a heartbeat after which any worker marks a trial failed and retries it once."""
 
 
 class SweepConfig(StrictModel):

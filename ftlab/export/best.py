@@ -10,7 +10,7 @@ from optuna.trial import FrozenTrial
 
 from ftlab.config import SweepConfig
 from ftlab.errors import UserError
-from ftlab.sweep.runner import RUN_ID_ATTR
+from ftlab.sweep.attrs import RUN_ID_ATTR
 from ftlab.sweep.summary import baseline_trial, best_trials
 from ftlab.tracking import redact_url
 

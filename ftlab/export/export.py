@@ -26,8 +26,8 @@ from ftlab.errors import UserError
 from ftlab.export.best import BestTrial, select_best
 from ftlab.export.card import CardFacts, render_card
 from ftlab.settings import resolve_train_config
+from ftlab.sweep.attrs import RUN_ID_ATTR
 from ftlab.sweep.orchestrate import open_sweep_study, tracking_uri_for
-from ftlab.sweep.runner import RUN_ID_ATTR
 from ftlab.sweep.space import params_to_overrides
 from ftlab.training.metrics import evaluate, perplexity
 from ftlab.training.runtime import Runtime

@@ -7,11 +7,13 @@ Whatever happens here, the parent learns it from the result file, or from the ex
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import json
 import math
 import os
 import signal
+import sys
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -145,8 +147,16 @@ def _objective_values(sweep: SweepConfig, eval_loss: float, perplexity: float, s
     return [by_metric[objective.metric] for objective in sweep.objectives]
 
 
+def _die_with_parent() -> None:
+    """On Linux, have the kernel kill this trial if its worker dies, so no orphan keeps training (and the GPU)."""
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 def run_trial_job(job: TrialJob) -> None:
     """Entry point of a trial process. Never raises: every outcome ends in the result file and the run's state."""
+    _die_with_parent()
     if job.cuda_visible_devices is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = job.cuda_visible_devices  # before anything touches CUDA
     os.environ["FTLAB_TRIAL_NUMBER"] = str(job.trial_number)

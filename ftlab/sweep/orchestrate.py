@@ -10,9 +10,11 @@ from rich.console import Console
 
 from ftlab.config import SweepConfig, load_sweep
 from ftlab.errors import UserError
+from ftlab.sweep.attrs import PARENT_RUN_ATTR
+from ftlab.sweep.reaper import reap, stale_trial_callback
 from ftlab.sweep.report import log_report
-from ftlab.sweep.runner import PARENT_RUN_ATTR, SweepRunner
-from ftlab.sweep.study import load_study, storage_url_for
+from ftlab.sweep.runner import SweepRunner
+from ftlab.sweep.study import create_or_load_study, load_study, storage_url_for
 from ftlab.sweep.summary import Comparison, compare
 from ftlab.sweep.view import SweepView
 from ftlab.tracking import default_tracking_uri
@@ -45,6 +47,7 @@ def run_sweep(
     tracking_uri: str | None = None,
     console: Console | None = None,
     live: bool | None = None,
+    seed_salt: int = 0,
 ) -> SweepOutcome:
     """Run (or resume) the sweep in ``sweep_file`` and log its report to the parent MLflow run.
 
@@ -59,7 +62,7 @@ def run_sweep(
     sweep = load_sweep(sweep_file)
     storage = storage_url_for(sweep, storage_url)
     uri = tracking_uri_for(sweep, tracking_uri)
-    runner = SweepRunner(sweep, sweep_file, storage, uri, workers=workers)
+    runner = SweepRunner(sweep, sweep_file, storage, uri, workers=workers, seed_salt=seed_salt)
     view = SweepView(runner, console, sweep.objectives[0].metric, live=live)
     runner.on_event = view.on_event
     budget = n_trials if n_trials is not None else sweep.budget.n_trials
@@ -114,3 +117,11 @@ def report_sweep(sweep_file: Path, storage_url: str | None = None, tracking_uri:
     out_dir = report_dir_for(sweep)
     log_report(study, sweep, tracking_uri_for(sweep, tracking_uri), parent, out_dir)
     return out_dir
+
+
+def reap_sweep(sweep_file: Path, storage_url: str | None = None, tracking_uri: str | None = None) -> None:
+    """Fail, end KILLED and retry once every trial of the sweep whose worker stopped sending heartbeats."""
+    sweep = load_sweep(sweep_file)
+    uri = tracking_uri_for(sweep, tracking_uri)
+    study = create_or_load_study(sweep, storage_url_for(sweep, storage_url), stale_trial_callback(uri))
+    reap(study)

@@ -21,15 +21,13 @@ from optuna.trial import TrialState
 
 from ftlab.config import SweepConfig, TrainConfig
 from ftlab.settings import resolve_train_config
+from ftlab.sweep.attrs import BASELINE_ATTR, FAIL_REASON_ATTR, PARENT_RUN_ATTR, PRUNE_REASON_ATTR, RUN_ID_ATTR
 from ftlab.sweep.child import TrialJob, TrialReport, run_trial_job
+from ftlab.sweep.reaper import reap, retried_trial_number, retry_trial, stale_trial_callback
 from ftlab.sweep.space import baseline_point, same_point, sample_overrides
-from ftlab.sweep.study import create_or_load_study
+from ftlab.sweep.study import StudyLock, create_or_load_study
 from ftlab.tracking import RunTracker, flatten, redact_url
 
-BASELINE_ATTR = "baseline"
-RUN_ID_ATTR = "mlflow_run_id"
-PARENT_RUN_ATTR = "mlflow_parent_run_id"
-FAIL_REASON_ATTR = "fail_reason"
 _POLL_S = 0.5
 
 # Modules every trial needs, imported once by the fork server instead of once per trial process.
@@ -57,6 +55,10 @@ class RunningTrial:
     started: float = field(default_factory=time.time)
 
 
+class PreemptedError(KeyboardInterrupt):
+    """The worker was told to stop (SIGTERM): a cluster preempting it, or a scheduler's time limit."""
+
+
 def _trial_process_context() -> multiprocessing.context.BaseContext:
     """A fork server preloaded with the heavy imports: trial processes start fast and share nothing."""
     context = multiprocessing.get_context("forkserver")
@@ -81,6 +83,7 @@ class SweepRunner:
         tracking_uri: str,
         workers: int = 1,
         on_event: Callable[[TrialEvent], None] | None = None,
+        seed_salt: int = 0,
     ) -> None:
         self.sweep = sweep
         self.sweep_file = sweep_file
@@ -91,7 +94,11 @@ class SweepRunner:
         self.on_event = on_event or (lambda event: None)
         self.baseline_config: TrainConfig = resolve_train_config(sweep, self.sweep_dir, source=str(sweep_file))
         self.baseline_point = baseline_point(sweep, self.baseline_config, str(sweep_file))
-        self.study: optuna.Study = create_or_load_study(sweep, storage_url)
+        self.study: optuna.Study = create_or_load_study(
+            sweep, storage_url, stale_trial_callback(tracking_uri), seed_salt
+        )
+        self.study_lock = StudyLock(storage_url, sweep.name)
+        self.preempted = False
         self.parent_run_id = ""
         self.running: dict[int, RunningTrial] = {}
         self.stop_event = threading.Event()
@@ -118,7 +125,11 @@ class SweepRunner:
             self.study.enqueue_trial(self.baseline_point, user_attrs={BASELINE_ATTR: True}, skip_if_exists=False)
 
     def start_parent_run(self) -> str:
-        """One MLflow parent run per sweep, reopened when the sweep resumes."""
+        """One MLflow parent run per sweep, reopened when the sweep resumes; workers agree on it under the lock."""
+        with self.study_lock.held():
+            return self._start_parent_run()
+
+    def _start_parent_run(self) -> str:
         existing = self.study.user_attrs.get(PARENT_RUN_ATTR)
         if existing:
             from mlflow import MlflowClient
@@ -184,6 +195,7 @@ class SweepRunner:
             ).start()
         # Wait on events, not Thread.join: a KeyboardInterrupt that lands inside join() can leave the thread looking
         # finished while it still records its trial's outcome.
+        previous_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
         try:
             while not all(event.wait(timeout=_POLL_S) for event in finished):
                 pass
@@ -193,6 +205,13 @@ class SweepRunner:
             for event in finished:
                 event.wait()
             raise
+        finally:
+            signal.signal(signal.SIGTERM, previous_sigterm)
+
+    def _on_sigterm(self, signum: int, frame: object) -> None:
+        """Preemption: stop like Ctrl-C, but the interrupted trials are retried (and the process exits non-zero)."""
+        self.preempted = True
+        raise PreemptedError("stopped by SIGTERM")
 
     def _worker(self, index: int, n_trials: int | None, deadline: float | None, finished: threading.Event) -> None:
         try:
@@ -204,9 +223,13 @@ class SweepRunner:
         while not self.stop_event.is_set():
             if deadline is not None and time.monotonic() >= deadline:
                 return
-            with self._lock:  # threads of this process agree on the budget before asking
+            # Threads of this process, and every other worker of the study, agree on the budget before asking.
+            with self._lock, self.study_lock.held():
+                reap(self.study)  # trials of dead workers: failed, their runs KILLED, retried once
                 decision = self._may_start(n_trials)
                 trial = self.study.ask() if decision else None
+                if trial is not None:
+                    self.study._storage.record_heartbeat(trial._trial_id)
             if decision is False:
                 return
             if trial is None:
@@ -232,6 +255,7 @@ class SweepRunner:
         if self._grid is not None and same_point(trial.params, self.baseline_point):
             trial.set_user_attr(BASELINE_ATTR, True)
         is_baseline = bool(trial.user_attrs.get(BASELINE_ATTR))
+        retry_of = retried_trial_number(self.study, trial._trial_id)
         run = RunTracker.start(
             self.tracking_uri,
             self.experiment,
@@ -241,6 +265,7 @@ class SweepRunner:
                 "optuna.trial.number": str(trial.number),
                 "optuna.study_name": self.sweep.name,
                 "ftlab.baseline": str(is_baseline).lower(),
+                **({"ftlab.retry_of_trial": str(retry_of)} if retry_of is not None else {}),
             },
         )
         trial.set_user_attr(RUN_ID_ATTR, run.run_id)
@@ -267,7 +292,7 @@ class SweepRunner:
             self.running[trial.number] = running
         self.on_event(TrialEvent("started", trial.number, trial.params, is_baseline, worker=worker))
         try:
-            report = self._run_process(job)
+            report = self._run_process(job, trial._trial_id)
             if report is None:  # the process died without a word: segfault, OOM killer, SIGKILL
                 reason = f"trial process {_describe_exit(self._last_exitcode)}"
                 run.end("FAILED", reason=reason)
@@ -280,12 +305,15 @@ class SweepRunner:
 
     _last_exitcode: int | None = None
 
-    def _run_process(self, job: TrialJob) -> TrialReport | None:
+    def _run_process(self, job: TrialJob, trial_id: int) -> TrialReport | None:
         process = self._context.Process(target=run_trial_job, args=(job,), name=f"ftlab-trial-{job.trial_number}")
         process.start()
         with self._lock:
             self._processes.add(process)
-        process.join()
+        # This worker's heartbeat for the trial: if the worker dies, it stops and another worker reaps the trial.
+        interval = self.sweep.storage.heartbeat_interval
+        while process.join(timeout=interval) is None and process.exitcode is None:
+            self.study._storage.record_heartbeat(trial_id)
         with self._lock:
             self._processes.discard(process)
         self._last_exitcode = process.exitcode
@@ -318,11 +346,13 @@ class SweepRunner:
             trial.set_user_attr("gradient_accumulation_steps", report.gradient_accumulation_steps)
             self.study.tell(trial, report.values)
         elif report.state == "pruned":
-            trial.set_user_attr("prune_reason", report.reason)
+            trial.set_user_attr(PRUNE_REASON_ATTR, report.reason)
             self.study.tell(trial, state=TrialState.PRUNED)
         else:
             trial.set_user_attr(FAIL_REASON_ATTR, report.reason)
             self.study.tell(trial, state=TrialState.FAIL)
+            if report.state == "interrupted" and self.preempted:
+                retry_trial(self.study, trial._trial_id)  # preempted, not the user's Ctrl-C: run it again
 
     def finish(self, status: str = "FINISHED") -> None:
         """Close the parent run (the report module logs plots to it first)."""

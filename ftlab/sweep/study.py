@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import optuna
+import sqlalchemy
+from filelock import FileLock
 from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial
 
-from ftlab.config import PrunerConfig, SamplerConfig, SweepConfig
+from ftlab.config import PrunerConfig, SamplerConfig, StorageConfig, SweepConfig
 from ftlab.tracking import DEFAULT_STORE_DIR
+
+StaleTrialCallback = Callable[[optuna.Study, FrozenTrial], None]
 
 # SQLite serialises writers; with several trial processes reporting at once, wait for the lock instead of failing.
 _SQLITE_LOCK_TIMEOUT_S = 120
@@ -25,12 +34,58 @@ def storage_url_for(sweep: SweepConfig, override: str | None = None) -> str:
     return override or sweep.storage.url or default_storage_url()
 
 
-def open_storage(url: str) -> RDBStorage:
-    """An RDB storage that survives contention (SQLite lock waits) and dropped connections (pre-ping)."""
+def open_storage(
+    url: str, config: StorageConfig | None = None, on_stale_trial: StaleTrialCallback | None = None
+) -> RDBStorage:
+    """An RDB storage that survives contention (SQLite lock waits) and dropped connections (pre-ping).
+
+    With ``config``, running trials send heartbeats and a trial silent for ``grace_period`` seconds is failed by
+    whichever worker looks next (``fail_stale_trials``), which then calls ``on_stale_trial``.
+    """
     engine_kwargs: dict[str, object] = {"pool_pre_ping": True}
     if url.startswith("sqlite"):
         engine_kwargs["connect_args"] = {"timeout": _SQLITE_LOCK_TIMEOUT_S}
-    return RDBStorage(url, engine_kwargs=engine_kwargs)
+    heartbeat: dict[str, Any] = {}
+    if config is not None:
+        heartbeat = {
+            "heartbeat_interval": config.heartbeat_interval,
+            "grace_period": config.grace_period,
+            "heartbeat_stale_trial_callback": on_stale_trial,
+        }
+    return RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+
+
+class StudyLock:
+    """Serialises "check the budget, then ask for a trial" across every worker process of a study.
+
+    PostgreSQL: a session advisory lock keyed by the study name. SQLite: a lock file beside the database. Without it,
+    two workers could both see one trial left in the budget and both start one.
+    """
+
+    def __init__(self, storage_url: str, study_name: str) -> None:
+        self._file_lock: FileLock | None = None
+        self._engine: sqlalchemy.Engine | None = None
+        self._key = int.from_bytes(hashlib.sha256(study_name.encode()).digest()[:8], "big", signed=True)
+        if storage_url.startswith("sqlite:///"):
+            self._file_lock = FileLock(storage_url.removeprefix("sqlite:///") + ".lock")
+        elif storage_url.startswith("postgresql"):
+            self._engine = sqlalchemy.create_engine(storage_url, pool_pre_ping=True, poolclass=sqlalchemy.NullPool)
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        if self._file_lock is not None:
+            with self._file_lock:
+                yield
+            return
+        if self._engine is None:
+            yield
+            return
+        with self._engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": self._key})
+            try:
+                yield
+            finally:
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": self._key})
 
 
 def build_sampler(config: SamplerConfig, sweep: SweepConfig, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
@@ -79,13 +134,18 @@ def _existing_trials(storage: RDBStorage, name: str) -> int:
         return 0
 
 
-def create_or_load_study(sweep: SweepConfig, storage_url: str) -> optuna.Study:
-    """The sweep's study, created on first use and resumed afterwards (its name is the sweep's name)."""
-    storage = open_storage(storage_url)
+def create_or_load_study(
+    sweep: SweepConfig, storage_url: str, on_stale_trial: StaleTrialCallback | None = None, seed_salt: int = 0
+) -> optuna.Study:
+    """The sweep's study, created on first use and resumed afterwards (its name is the sweep's name).
+
+    ``seed_salt`` keeps worker processes that start at the same moment from drawing the same trials.
+    """
+    storage = open_storage(storage_url, sweep.storage, on_stale_trial)
     return optuna.create_study(
         study_name=sweep.name,
         storage=storage,
-        sampler=build_sampler(sweep.sampler, sweep, seed_offset=_existing_trials(storage, sweep.name)),
+        sampler=build_sampler(sweep.sampler, sweep, seed_offset=_existing_trials(storage, sweep.name) + seed_salt),
         pruner=build_pruner(sweep.pruner),
         directions=[objective.direction for objective in sweep.objectives],
         load_if_exists=True,

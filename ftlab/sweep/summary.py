@@ -12,7 +12,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from ftlab.sweep.runner import BASELINE_ATTR, FAIL_REASON_ATTR, RUN_ID_ATTR
+from ftlab.sweep.attrs import BASELINE_ATTR, FAIL_REASON_ATTR, PRUNE_REASON_ATTR, RUN_ID_ATTR
 
 
 @dataclass
@@ -64,7 +64,7 @@ class Comparison:
 
 def trial_row(trial: FrozenTrial) -> TrialRow:
     duration = trial.duration.total_seconds() if trial.duration else None
-    reason = trial.user_attrs.get(FAIL_REASON_ATTR) or trial.user_attrs.get("prune_reason")
+    reason = trial.user_attrs.get(FAIL_REASON_ATTR) or trial.user_attrs.get(PRUNE_REASON_ATTR)
     return TrialRow(
         number=trial.number,
         state=trial.state.name,
