@@ -199,8 +199,18 @@ def sweep(
 @app.command()
 def worker(
     file: SweepFile,
-    storage: Annotated[str, typer.Option("--storage", help="The shared Optuna storage (e.g. postgresql://…).")],
-    tracking_uri: Annotated[str, typer.Option("--tracking-uri", help="The shared MLflow tracking server.")],
+    storage: Annotated[
+        str,
+        typer.Option(
+            "--storage", envvar="FTLAB_STORAGE", help="The shared Optuna storage (postgresql://…); or FTLAB_STORAGE."
+        ),
+    ],
+    tracking_uri: Annotated[
+        str,
+        typer.Option(
+            "--tracking-uri", envvar="FTLAB_TRACKING_URI", help="The shared MLflow server; or FTLAB_TRACKING_URI."
+        ),
+    ],
     n_trials: Annotated[
         int | None, typer.Option("--n-trials", help="COMPLETE trials the study should reach, across all workers.")
     ] = None,

@@ -7,13 +7,12 @@ Whatever happens here, the parent learns it from the result file, or from the ex
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import json
 import math
 import os
 import signal
-import sys
+import threading
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -53,6 +52,7 @@ class TrialJob:
     progress_file: str
     cuda_visible_devices: str | None = None
     cpu_threads: int | None = None  # several CPU trials at once split the cores instead of oversubscribing them
+    worker_pid: int = field(default_factory=os.getpid)  # the sweep process that started the trial
 
 
 @dataclass
@@ -147,16 +147,26 @@ def _objective_values(sweep: SweepConfig, eval_loss: float, perplexity: float, s
     return [by_metric[objective.metric] for objective in sweep.objectives]
 
 
-def _die_with_parent() -> None:
-    """On Linux, have the kernel kill this trial if its worker dies, so no orphan keeps training (and the GPU)."""
-    if sys.platform.startswith("linux"):
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
+def _die_with_worker(worker_pid: int) -> None:
+    """Kill this trial if its worker dies, so no orphan keeps training (and holding the GPU) after a SIGKILL.
+
+    The trial's parent is the fork server, which outlives the worker while any trial runs, so watch the worker itself.
+    """
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(worker_pid, 0)
+            except ProcessLookupError:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="ftlab-worker-watch", daemon=True).start()
 
 
 def run_trial_job(job: TrialJob) -> None:
     """Entry point of a trial process. Never raises: every outcome ends in the result file and the run's state."""
-    _die_with_parent()
+    _die_with_worker(job.worker_pid)
     if job.cuda_visible_devices is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = job.cuda_visible_devices  # before anything touches CUDA
     os.environ["FTLAB_TRIAL_NUMBER"] = str(job.trial_number)

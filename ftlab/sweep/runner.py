@@ -94,10 +94,11 @@ class SweepRunner:
         self.on_event = on_event or (lambda event: None)
         self.baseline_config: TrainConfig = resolve_train_config(sweep, self.sweep_dir, source=str(sweep_file))
         self.baseline_point = baseline_point(sweep, self.baseline_config, str(sweep_file))
-        self.study: optuna.Study = create_or_load_study(
-            sweep, storage_url, stale_trial_callback(tracking_uri), seed_salt
-        )
         self.study_lock = StudyLock(storage_url, sweep.name)
+        with self.study_lock.held():  # workers starting together would race to create the schema and the study
+            self.study: optuna.Study = create_or_load_study(
+                sweep, storage_url, stale_trial_callback(tracking_uri), seed_salt
+            )
         self.preempted = False
         self.parent_run_id = ""
         self.running: dict[int, RunningTrial] = {}

@@ -1,0 +1,126 @@
+"""Many workers on one study: real PostgreSQL (study) and a real MLflow server (tracking), no mocks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from tests.helpers import SMALL_SWEEP, write_sweep
+
+pytest_plugins = ["tests.services"]
+pytestmark = [pytest.mark.integration, pytest.mark.services]
+
+TINY_DATA = {**SMALL_SWEEP["data"], "max_train_blocks": 96}
+
+
+def start_worker(folder: Path, storage: str, tracking: str, *args: str) -> subprocess.Popen[str]:
+    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "ftlab.cli", "worker", "sweep.yaml", "--storage", storage, "--tracking-uri", tracking,
+         *args],
+        cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+
+
+def runs_by_trial(tracking: str, experiment: str) -> list:
+    client = MlflowClient(tracking_uri=tracking)
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None
+    return client.search_runs([found.experiment_id], max_results=1000)
+
+
+def test_four_workers_meet_the_budget_exactly(tmp_path: Path, postgres_url: str, mlflow_server) -> None:
+    write_sweep(tmp_path, name="four", data=TINY_DATA, budget={"n_trials": 8})
+    workers = [start_worker(tmp_path, postgres_url, mlflow_server.uri) for _ in range(4)]
+    for worker in workers:
+        out, err = worker.communicate(timeout=600)
+        assert worker.returncode == 0, out + err
+    study = optuna.load_study(study_name="four", storage=postgres_url)
+    states = Counter(trial.state.name for trial in study.trials)
+    assert states["COMPLETE"] == 8, states
+    assert states["RUNNING"] == 0 and states["WAITING"] == 0
+    assert len({trial.number for trial in study.trials}) == len(study.trials)
+    assert sum(bool(trial.user_attrs.get("baseline")) for trial in study.trials) == 1
+
+    runs = runs_by_trial(mlflow_server.uri, "four")
+    assert not [run for run in runs if run.info.status == "RUNNING"]
+    finished_children = [
+        run for run in runs if run.info.status == "FINISHED" and "optuna.trial.number" in run.data.tags
+    ]
+    complete_run_ids = {trial.user_attrs["mlflow_run_id"] for trial in study.trials if trial.state.name == "COMPLETE"}
+    assert {run.info.run_id for run in finished_children} == complete_run_ids
+    parents = [run for run in runs if run.data.tags.get("ftlab.role") == "sweep"]
+    assert len(parents) == 1, "workers agree on one parent run"
+
+
+def test_a_killed_worker_s_trial_is_retried_with_the_same_params(
+    tmp_path: Path, postgres_url: str, mlflow_server
+) -> None:
+    write_sweep(
+        tmp_path,
+        name="killed",
+        data=TINY_DATA,
+        train={**SMALL_SWEEP["train"], "num_train_epochs": 6},
+        budget={"n_trials": 2},
+        storage={"heartbeat_interval": 1, "grace_period": 4},
+    )
+    first = start_worker(tmp_path, postgres_url, mlflow_server.uri)
+    progress = tmp_path / ".ftlab" / "trials" / "killed" / "trial-000" / "progress.json"
+    deadline = time.monotonic() + 180
+    while not (progress.exists() and json.loads(progress.read_text() or "{}").get("step", 0) > 0):
+        assert time.monotonic() < deadline and first.poll() is None, first.communicate()
+        time.sleep(0.2)
+    os.kill(first.pid, signal.SIGKILL)  # the worker's machine is gone; its trial process dies with it
+    first.wait()
+    time.sleep(5)  # past the grace period: the next worker reaps the trial
+
+    second = start_worker(tmp_path, postgres_url, mlflow_server.uri)
+    out, err = second.communicate(timeout=600)
+    assert second.returncode == 0, out + err
+    study = optuna.load_study(study_name="killed", storage=postgres_url)
+    trials = study.trials
+    assert trials[0].state.name == "FAIL"
+    retries = [trial for trial in trials if trial.system_attrs.get("failed_trial") == 0]
+    assert len(retries) == 1 and retries[0].params == trials[0].params
+    assert Counter(trial.state.name for trial in trials)["COMPLETE"] == 2
+    assert not [trial for trial in trials if trial.state.name == "RUNNING"]
+
+    client = MlflowClient(tracking_uri=mlflow_server.uri)
+    dead = client.get_run(trials[0].user_attrs["mlflow_run_id"])
+    assert dead.info.status == "KILLED" and "heartbeats" in dead.data.tags["ftlab.end_reason"]
+    retry_run = client.get_run(retries[0].user_attrs["mlflow_run_id"])
+    assert retry_run.data.tags["ftlab.retry_of_trial"] == "0"
+    assert not [run for run in runs_by_trial(mlflow_server.uri, "killed") if run.info.status == "RUNNING"]
+
+
+def test_a_storage_password_appears_nowhere(tmp_path: Path, postgres_url: str, mlflow_server) -> None:
+    secret = "s3cret-Pw-4711"
+    # Trust authentication accepts any password, so the URL works and the password is still in it.
+    with_password = postgres_url.replace("postgres@", f"postgres:{secret}@")
+    write_sweep(tmp_path, name="secret", data=TINY_DATA, budget={"n_trials": 1})
+    worker = start_worker(tmp_path, with_password, mlflow_server.uri)
+    out, err = worker.communicate(timeout=600)
+    assert worker.returncode == 0, out + err
+    assert secret not in out + err
+
+    client = MlflowClient(tracking_uri=mlflow_server.uri)
+    runs = runs_by_trial(mlflow_server.uri, "secret")
+    assert runs
+    download = tmp_path / "downloaded"
+    for run in runs:
+        assert secret not in json.dumps(run.data.params) + json.dumps(run.data.tags)
+        client.download_artifacts(run.info.run_id, "", str(download / run.info.run_id))
+    for path in [*download.rglob("*"), *(tmp_path / ".ftlab").rglob("*")]:
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+    assert "***" in next(run for run in runs if run.data.tags.get("ftlab.role") == "sweep").data.tags["optuna.storage"]
