@@ -124,3 +124,34 @@ def test_a_storage_password_appears_nowhere(tmp_path: Path, postgres_url: str, m
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
     assert "***" in next(run for run in runs if run.data.tags.get("ftlab.role") == "sweep").data.tags["optuna.storage"]
+
+
+def test_workers_survive_dropped_database_connections(tmp_path: Path, postgres_url: str, mlflow_server) -> None:
+    import sqlalchemy
+
+    write_sweep(tmp_path, name="dropped", data=TINY_DATA, budget={"n_trials": 3})
+    database = postgres_url.rsplit("/", 1)[1]
+    admin = sqlalchemy.create_engine(postgres_url.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
+    workers = [start_worker(tmp_path, postgres_url, mlflow_server.uri) for _ in range(2)]
+    terminated = 0
+    deadline = time.monotonic() + 600
+    while any(worker.poll() is None for worker in workers) and time.monotonic() < deadline:
+        time.sleep(3)
+        with admin.connect() as connection:  # what a database restart does to every open connection
+            terminated += len(
+                connection.execute(
+                    sqlalchemy.text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = :name AND pid <> pg_backend_pid()"
+                    ),
+                    {"name": database},
+                ).all()
+            )
+    admin.dispose()
+    for worker in workers:
+        out, err = worker.communicate(timeout=60)
+        assert worker.returncode == 0, out + err
+    assert terminated > 0
+    study = optuna.load_study(study_name="dropped", storage=postgres_url)
+    assert Counter(trial.state.name for trial in study.trials)["COMPLETE"] == 3
+    assert not [trial for trial in study.trials if trial.state.name == "RUNNING"]
