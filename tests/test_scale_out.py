@@ -155,3 +155,37 @@ def test_workers_survive_dropped_database_connections(tmp_path: Path, postgres_u
     study = optuna.load_study(study_name="dropped", storage=postgres_url)
     assert Counter(trial.state.name for trial in study.trials)["COMPLETE"] == 3
     assert not [trial for trial in study.trials if trial.state.name == "RUNNING"]
+
+
+def test_mlflow_server_outage_mid_trial_loses_no_metric(tmp_path: Path, postgres_url: str, mlflow_server) -> None:
+    write_sweep(
+        tmp_path,
+        name="outage",
+        data=TINY_DATA,
+        train={**SMALL_SWEEP["train"], "num_train_epochs": 40, "eval_tokens": 8192},
+        budget={"n_trials": 1},
+    )
+    worker = start_worker(tmp_path, postgres_url, mlflow_server.uri)
+    progress = tmp_path / ".ftlab" / "trials" / "outage" / "trial-000" / "progress.json"
+    deadline = time.monotonic() + 180
+    while not (progress.exists() and json.loads(progress.read_text() or "{}").get("step", 0) > 0):
+        assert time.monotonic() < deadline and worker.poll() is None, worker.communicate()
+        time.sleep(0.2)
+    mlflow_server.stop()
+    time.sleep(8)
+    mlflow_server.start()
+    assert worker.poll() is None, "the trial outlived the outage"
+    out, err = worker.communicate(timeout=600)
+    assert worker.returncode == 0, out + err
+
+    study = optuna.load_study(study_name="outage", storage=postgres_url)
+    (trial,) = study.trials
+    assert trial.state.name == "COMPLETE"
+    client = MlflowClient(tracking_uri=mlflow_server.uri)
+    run = client.get_run(trial.user_attrs["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    evals = client.get_metric_history(run.info.run_id, "eval/loss")
+    tokens = trial.user_attrs["tokens_seen"]
+    assert len(evals) == -(-tokens // 8192), "one eval/loss per fidelity point, none lost"
+    assert evals[-1].value == pytest.approx(trial.user_attrs["eval_loss"])
+    assert not [run for run in runs_by_trial(mlflow_server.uri, "outage") if run.info.status == "RUNNING"]
