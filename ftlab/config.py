@@ -106,6 +106,9 @@ class TrainConfig(StrictModel):
     """ftlab's own: evaluate every this many training tokens instead, so that trials with different batch sizes are
     compared (and pruned) at the same fidelity points. Can't be combined with ``eval_steps``."""
     logging_steps: int = Field(default=10, ge=1)
+    save_steps: int | None = Field(default=None, ge=0)
+    """Write a resumable checkpoint (model, optimizer, schedule, step) every this many optimizer steps; unset: at
+    every evaluation; 0: never. A retried trial resumes from its predecessor's last complete checkpoint."""
     use_cpu: bool = False
     """Train on the CPU even where a GPU is present."""
     gradient_checkpointing: bool = False

@@ -156,6 +156,8 @@ class MlflowCallback(TrainingCallback):
             }
         )
         self.tracker.set_tags({"device": plan.device, "bf16": str(plan.bf16)})
+        if plan.start_step:
+            self.tracker.set_tags({"ftlab.resumed_from_step": str(plan.start_step)})
 
     def on_log(self, step: int, metrics: dict[str, float]) -> None:
         self.tracker.log_metrics(metrics, step)

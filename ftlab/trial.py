@@ -29,6 +29,8 @@ from ftlab.training.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
+CHECKPOINT_FILE = "checkpoint.pt"  # the resumable training state inside a trial's folder
+
 
 @dataclass
 class TrialOutcome:
@@ -96,6 +98,8 @@ def run_trial(
     callbacks: Sequence[TrainingCallback] = (),
     tracker: RunTracker | None = None,
     log_params: bool = True,
+    trial_dir: Path | None = None,
+    resume_from: Path | None = None,
 ) -> TrialOutcome:
     """Run one fine-tuning trial and record it as one MLflow run.
 
@@ -113,7 +117,7 @@ def run_trial(
     experiment = sweep.tracking.experiment or sweep.name
     own_tracker = tracker is None
     tracker = tracker or RunTracker.start(tracking_uri, experiment, run_name, parent_run_id=parent_run_id)
-    trial_dir = Path(train_config.output_dir) / sweep.name / f"{run_name}-{tracker.run_id[:8]}"
+    trial_dir = trial_dir or Path(train_config.output_dir) / sweep.name / f"{run_name}-{tracker.run_id[:8]}"
     trial_dir.mkdir(parents=True, exist_ok=True)
     try:
         if log_params:
@@ -146,6 +150,8 @@ def run_trial(
                 runtime,
                 CallbackList([MlflowCallback(tracker), *callbacks]),
                 best_model_dir=trial_dir / "best",
+                checkpoint_path=trial_dir / CHECKPOINT_FILE,
+                resume_from=resume_from,
             )
         except NotEnoughDataError as error:
             raise DataError.single(str(error), where="data", fix="see the message") from None
@@ -155,6 +161,9 @@ def run_trial(
         tokenizer.save_pretrained(model_dir)
         if sweep.tracking.artifacts != "none":
             tracker.log_artifacts(model_dir, "model")
+        if sweep.tracking.artifacts == "all" and (trial_dir / "best").is_dir():
+            tracker.log_artifacts(trial_dir / "best", "checkpoints/best")
+        (trial_dir / CHECKPOINT_FILE).unlink(missing_ok=True)  # finished: nothing left to resume
         tracker.log_metrics({"train/loss_mean": result.train_loss, "perf/train_seconds": result.seconds}, result.steps)
         if own_tracker:
             tracker.end("FINISHED")

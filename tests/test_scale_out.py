@@ -23,8 +23,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.services]
 TINY_DATA = {**SMALL_SWEEP["data"], "max_train_blocks": 96}
 
 
-def start_worker(folder: Path, storage: str, tracking: str, *args: str) -> subprocess.Popen[str]:
-    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+def start_worker(
+    folder: Path, storage: str, tracking: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    env = {key: value for key, value in {**os.environ, **(env or {})}.items() if key != "MLFLOW_TRACKING_URI"}
     return subprocess.Popen(
         [sys.executable, "-m", "ftlab.cli", "worker", "sweep.yaml", "--storage", storage, "--tracking-uri", tracking,
          *args],
@@ -77,9 +79,10 @@ def test_a_killed_worker_s_trial_is_retried_with_the_same_params(
     first = start_worker(tmp_path, postgres_url, mlflow_server.uri)
     progress = tmp_path / ".ftlab" / "trials" / "killed" / "trial-000" / "progress.json"
     deadline = time.monotonic() + 180
-    while not (progress.exists() and json.loads(progress.read_text() or "{}").get("step", 0) > 0):
+    while not (progress.exists() and json.loads(progress.read_text() or "{}").get("step", 0) >= 20):
         assert time.monotonic() < deadline and first.poll() is None, first.communicate()
         time.sleep(0.2)
+    killed_at = json.loads(progress.read_text())["step"]  # written at logging steps: may lag the real step
     os.kill(first.pid, signal.SIGKILL)  # the worker's machine is gone; its trial process dies with it
     first.wait()
     time.sleep(5)  # past the grace period: the next worker reaps the trial
@@ -100,6 +103,13 @@ def test_a_killed_worker_s_trial_is_retried_with_the_same_params(
     assert dead.info.status == "KILLED" and "heartbeats" in dead.data.tags["ftlab.end_reason"]
     retry_run = client.get_run(retries[0].user_attrs["mlflow_run_id"])
     assert retry_run.data.tags["ftlab.retry_of_trial"] == "0"
+    # Resumed from the last complete checkpoint (one per evaluation, every 8 steps here), not from scratch.
+    resumed_from = int(retry_run.data.tags["ftlab.resumed_from_step"])
+    assert 8 <= resumed_from <= killed_at + 4 and resumed_from % 8 == 0
+    first_logged = min(m.step for m in client.get_metric_history(retry_run.info.run_id, "train/loss"))
+    assert first_logged > resumed_from
+    last_reached = max(m.step for m in client.get_metric_history(dead.info.run_id, "train/loss"))
+    print(f"killed after step {last_reached}, resumed from step {resumed_from}: {last_reached - resumed_from} redone")
     assert not [run for run in runs_by_trial(mlflow_server.uri, "killed") if run.info.status == "RUNNING"]
 
 
@@ -189,3 +199,26 @@ def test_mlflow_server_outage_mid_trial_loses_no_metric(tmp_path: Path, postgres
     assert len(evals) == -(-tokens // 8192), "one eval/loss per fidelity point, none lost"
     assert evals[-1].value == pytest.approx(trial.user_attrs["eval_loss"])
     assert not [run for run in runs_by_trial(mlflow_server.uri, "outage") if run.info.status == "RUNNING"]
+
+
+def test_a_kill_during_a_checkpoint_write_resumes_from_the_previous_one(
+    tmp_path: Path, postgres_url: str, mlflow_server
+) -> None:
+    write_sweep(
+        tmp_path,
+        name="torn",
+        data=TINY_DATA,
+        train={**SMALL_SWEEP["train"], "num_train_epochs": 3},
+        budget={"n_trials": 1},
+    )
+    # Trial 0 is SIGKILLed halfway through writing its step-16 checkpoint; step 8's is the last complete one.
+    worker = start_worker(
+        tmp_path, postgres_url, mlflow_server.uri, env={"FTLAB_INJECT_FAULT": "kill_in_checkpoint_at_step=16,trial=0"}
+    )
+    out, err = worker.communicate(timeout=600)
+    assert worker.returncode == 0, out + err
+    study = optuna.load_study(study_name="torn", storage=postgres_url)
+    assert [trial.state.name for trial in study.trials] == ["FAIL", "COMPLETE"]
+    assert "SIGKILL" in study.trials[0].user_attrs["fail_reason"]
+    retry_run = MlflowClient(tracking_uri=mlflow_server.uri).get_run(study.trials[1].user_attrs["mlflow_run_id"])
+    assert retry_run.data.tags["ftlab.resumed_from_step"] == "8"

@@ -53,6 +53,8 @@ class TrialJob:
     cuda_visible_devices: str | None = None
     cpu_threads: int | None = None  # several CPU trials at once split the cores instead of oversubscribing them
     worker_pid: int = field(default_factory=os.getpid)  # the sweep process that started the trial
+    trial_dir: str | None = None
+    resume_from: str | None = None  # a retried trial's predecessor's checkpoint
 
 
 @dataclass
@@ -72,6 +74,7 @@ class TrialReport:
     data_fingerprint: str | None = None
     per_device_train_batch_size: int | None = None
     gradient_accumulation_steps: int | None = None
+    retry: bool = False  # set by the worker: the trial was lost to something outside it (SIGKILL, preemption)
 
     def write(self, path: Path) -> None:
         staging = path.with_suffix(".tmp")
@@ -216,6 +219,8 @@ def _train_with_oom_retry(job: TrialJob, tracker: RunTracker) -> TrialReport:
                 callbacks=callbacks,
                 tracker=tracker,
                 log_params=not oom_history,  # MLflow params are immutable; retries are recorded as tags
+                trial_dir=Path(job.trial_dir) if job.trial_dir else None,
+                resume_from=Path(job.resume_from) if job.resume_from else None,
             )
             result = outcome.result
             tracker.end("FINISHED")

@@ -27,6 +27,7 @@ from ftlab.sweep.reaper import reap, retried_trial_number, retry_trial, stale_tr
 from ftlab.sweep.space import baseline_point, same_point, sample_overrides
 from ftlab.sweep.study import StudyLock, create_or_load_study
 from ftlab.tracking import RunTracker, flatten, redact_url
+from ftlab.trial import CHECKPOINT_FILE
 
 _POLL_S = 0.5
 
@@ -238,6 +239,11 @@ class SweepRunner:
                 continue
             self._run_one(trial, index)
 
+    def _trial_dir(self, number: int) -> Path:
+        """A trial's folder: progress, result, checkpoint, models. A retry resumes from its predecessor's folder,
+        so workers on several machines resume only where that folder is on shared storage."""
+        return Path(self.baseline_config.output_dir) / self.sweep.name / f"trial-{number:03d}"
+
     def _cuda_devices_for(self, worker: int) -> str | None:
         """One GPU per worker when there are several, by CUDA_VISIBLE_DEVICES; CPU workers share the CPU."""
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -270,7 +276,7 @@ class SweepRunner:
             },
         )
         trial.set_user_attr(RUN_ID_ATTR, run.run_id)
-        trial_dir = Path(self.baseline_config.output_dir) / self.sweep.name / f"trial-{trial.number:03d}"
+        trial_dir = self._trial_dir(trial.number)
         trial_dir.mkdir(parents=True, exist_ok=True)
         job = TrialJob(
             sweep=self.sweep.model_dump(mode="json"),
@@ -286,6 +292,8 @@ class SweepRunner:
             progress_file=str(trial_dir / "progress.json"),
             cuda_visible_devices=self._cuda_devices_for(worker),
             cpu_threads=max(1, (os.cpu_count() or 1) // self.workers) if self.workers > 1 else None,
+            trial_dir=str(trial_dir),
+            resume_from=str(self._trial_dir(retry_of) / CHECKPOINT_FILE) if retry_of is not None else None,
         )
         Path(job.result_file).unlink(missing_ok=True)
         running = RunningTrial(trial.number, trial.params, is_baseline, Path(job.progress_file))
@@ -297,7 +305,9 @@ class SweepRunner:
             if report is None:  # the process died without a word: segfault, OOM killer, SIGKILL
                 reason = f"trial process {_describe_exit(self._last_exitcode)}"
                 run.end("FAILED", reason=reason)
-                report = TrialReport("failed", reason)
+                # SIGKILL comes from outside (the OOM killer, a scheduler, a dying node): worth one retry, which
+                # resumes from the last complete checkpoint. A segfault would most likely just happen again.
+                report = TrialReport("failed", reason, retry=self._last_exitcode == -signal.SIGKILL)
             self._tell(trial, report)
         finally:
             with self._lock:
@@ -352,8 +362,8 @@ class SweepRunner:
         else:
             trial.set_user_attr(FAIL_REASON_ATTR, report.reason)
             self.study.tell(trial, state=TrialState.FAIL)
-            if report.state == "interrupted" and self.preempted:
-                retry_trial(self.study, trial._trial_id)  # preempted, not the user's Ctrl-C: run it again
+            if report.retry or (report.state == "interrupted" and self.preempted):
+                retry_trial(self.study, trial._trial_id)  # lost to something outside the trial: run it again
 
     def finish(self, status: str = "FINISHED") -> None:
         """Close the parent run (the report module logs plots to it first)."""

@@ -26,6 +26,7 @@ class TrainPlan:
     train_blocks: int
     validation_blocks: int
     block_size: int
+    start_step: int = 0  # > 0 when resuming from a checkpoint: steps 1..start_step are not run again
 
     @property
     def total_train_batch_size(self) -> int:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
+import signal
 import uuid
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -25,3 +28,28 @@ def save_model_atomically(model: torch.nn.Module, target: Path) -> None:
         os.replace(target, retired)
     os.replace(staging, target)
     shutil.rmtree(retired, ignore_errors=True)
+
+
+def save_training_state(state: dict[str, Any], path: Path, kill_midway: bool = False) -> None:
+    """Write a resumable training state whole or not at all: a temporary file first, then an atomic rename.
+
+    ``kill_midway`` is a test hook: the process SIGKILLs itself after writing half the bytes, as a machine that dies
+    mid-write would, to prove that a half-written checkpoint is never loaded.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    if kill_midway:
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        staging.write_bytes(buffer.getvalue()[: buffer.tell() // 2])
+        os.kill(os.getpid(), signal.SIGKILL)
+    torch.save(state, staging)
+    os.replace(staging, path)
+
+
+def load_training_state(path: Path | None) -> dict[str, Any] | None:
+    """The state saved at ``path``, or None when there is none (temporary files are never looked at)."""
+    if path is None or not Path(path).is_file():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=False)

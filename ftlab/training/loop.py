@@ -9,6 +9,7 @@ for everything else (model, loss, schedules). ``benchmarks/trial_cpu.py`` measur
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import signal
@@ -20,7 +21,7 @@ import torch
 
 from ftlab.config import TrainConfig
 from ftlab.training.callbacks import TrainingCallback, TrainPlan, TrainResult
-from ftlab.training.checkpoint import save_model_atomically
+from ftlab.training.checkpoint import load_training_state, save_model_atomically, save_training_state
 from ftlab.training.metrics import count_label_tokens, evaluate, perplexity
 from ftlab.training.optim import build_optimizer, build_scheduler, warmup_steps_for
 from ftlab.training.runtime import Runtime, peak_memory_mb
@@ -48,7 +49,8 @@ class InjectedFaults:
 
     Format: comma-separated ``oom_at_step=N``, ``oom_above_batch=B`` (raise CUDA OOM at step N while the micro-batch
     is larger than B), ``nan_at_step=N`` (make the loss NaN at step N), ``segfault_at_step=N`` (kill the process with
-    SIGSEGV at step N), ``trial=K`` (only in sweep trial number K, read from ``FTLAB_TRIAL_NUMBER``). Unset in normal
+    SIGSEGV at step N), ``kill_in_checkpoint_at_step=N`` (SIGKILL halfway through writing step N's checkpoint),
+    ``trial=K`` (only in sweep trial number K, read from ``FTLAB_TRIAL_NUMBER``). Unset in normal
     use.
     """
 
@@ -56,6 +58,7 @@ class InjectedFaults:
     oom_above_batch: int = 0
     nan_at_step: int | None = None
     segfault_at_step: int | None = None
+    kill_in_checkpoint_at_step: int | None = None
     trial: int | None = None
 
     @classmethod
@@ -99,6 +102,12 @@ def _fidelity_point(config: TrainConfig, step: int, tokens_seen: int, tokens_per
     return None
 
 
+def _is_save_step(config: TrainConfig, step: int, is_eval_step: bool) -> bool:
+    if config.save_steps is None:
+        return is_eval_step
+    return config.save_steps > 0 and step % config.save_steps == 0
+
+
 def _epoch_order(seed: int, epoch: int, n_blocks: int, device: torch.device) -> torch.Tensor:
     """The block order of one epoch: a pure function of (seed, epoch), so a resumed run sees the same batches."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -113,6 +122,8 @@ def train(
     runtime: Runtime,
     callback: TrainingCallback | None = None,
     best_model_dir: Path | None = None,
+    checkpoint_path: Path | None = None,
+    resume_from: Path | None = None,
 ) -> TrainResult:
     """Fine-tune ``model`` on packed ``train_blocks`` and evaluate it on ``validation_blocks``.
 
@@ -124,6 +135,8 @@ def train(
         runtime: device and precision.
         callback: hooks for tracking, pruning and progress.
         best_model_dir: if given, the model with the lowest eval loss so far is saved there (whole or not at all).
+        checkpoint_path: where resumable checkpoints are written (see ``save_steps``); None writes none.
+        resume_from: a checkpoint to resume from (a retried trial's predecessor's); ignored if absent.
 
     Raises:
         NonFiniteLossError: the loss became NaN or infinite.
@@ -166,6 +179,15 @@ def train(
         validation_blocks=validation_blocks.size(0),
         block_size=train_blocks.size(1),
     )
+    resumed = load_training_state(resume_from)
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        torch.set_rng_state(resumed["cpu_rng"])
+        if device.type == "cuda" and resumed.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(resumed["cuda_rng"])
+        plan = dataclasses.replace(plan, start_step=resumed["step"])
     callback.on_train_begin(plan)
 
     def run_evaluation() -> tuple[float, int]:
@@ -174,18 +196,19 @@ def train(
     # Window sums live on the device and are read only at logging steps: no per-step host synchronisation.
     window_loss = torch.zeros((), dtype=torch.float64, device=device)
     window_steps = 0
-    run_loss_sum = 0.0
+    run_loss_sum = resumed["run_loss_sum"] if resumed else 0.0
     grad_norm = torch.zeros((), device=device)
-    best_eval_loss = math.inf
-    eval_loss, history = math.nan, []
+    best_eval_loss = resumed["best_eval_loss"] if resumed else math.inf
+    eval_loss, history = (resumed["eval_loss"], resumed["history"]) if resumed else (math.nan, [])
     num_items = torch.tensor(label_tokens_per_step, device=device)
     runtime.reset_peak_memory()
     started = time.perf_counter()
-    order = _epoch_order(config.seed, 0, train_blocks.size(0), device)
+    # The batch order is a pure function of (seed, epoch): a resumed run continues with exactly the batches it missed.
+    order = _epoch_order(config.seed, plan.start_step // steps_per_epoch, train_blocks.size(0), device)
 
-    for step in range(1, total_steps + 1):
+    for step in range(plan.start_step + 1, total_steps + 1):
         epoch, position = divmod(step - 1, steps_per_epoch)
-        if position == 0 and epoch > 0:
+        if position == 0 and step > plan.start_step + 1:
             order = _epoch_order(config.seed, epoch, train_blocks.size(0), device)
         step_indices = order[position * micro * accumulation : (position + 1) * micro * accumulation]
         step_loss = torch.zeros((), dtype=torch.float64, device=device)
@@ -229,7 +252,7 @@ def train(
                     "train/grad_norm": float(grad_norm),
                     "train/tokens_seen": float(tokens_seen),
                     "train/epoch": step / steps_per_epoch,
-                    "perf/tokens_per_second": tokens_seen / elapsed,
+                    "perf/tokens_per_second": (step - plan.start_step) * input_tokens_per_step / elapsed,
                     "perf/peak_memory_mb": peak_memory_mb(device),
                 },
             )
@@ -250,12 +273,32 @@ def train(
                     callback.on_checkpoint(step, str(best_model_dir))
             callback.on_evaluate(step, point, metrics)
 
+        if checkpoint_path is not None and _is_save_step(config, step, is_eval_step) and step < total_steps:
+            state = {
+                "step": step,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "cpu_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None,
+                # Saved right after a logging step (or with its window folded in), so no loss is counted twice.
+                "run_loss_sum": run_loss_sum + window_loss.item(),
+                "best_eval_loss": best_eval_loss,
+                "eval_loss": eval_loss,
+                "history": history,
+            }
+            # The partial logging window is now counted in run_loss_sum; the next log covers the steps after it.
+            run_loss_sum, window_steps = state["run_loss_sum"], 0
+            window_loss.zero_()
+            save_training_state(state, checkpoint_path, kill_midway=faults.kill_in_checkpoint_at_step == step)
+            callback.on_checkpoint(step, str(checkpoint_path))
+
     seconds = time.perf_counter() - started
     tokens_seen = total_steps * input_tokens_per_step
     result = TrainResult(
         steps=total_steps,
         tokens_seen=tokens_seen,
-        train_loss=run_loss_sum / total_steps,
+        train_loss=run_loss_sum / total_steps,  # every step's loss, also those run before a resume
         eval_loss=eval_loss,
         eval_perplexity=perplexity(eval_loss),
         best_eval_loss=best_eval_loss,
