@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
+
+import optuna
 
 
 def quiet_libraries() -> None:
@@ -15,5 +18,12 @@ def quiet_libraries() -> None:
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     datasets.disable_progress_bars()
-    for name in ("mlflow", "alembic", "optuna"):
+    import mlflow  # noqa: F401 - MLflow configures its loggers on import; import first, then quiet them
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # ftlab drives Optuna's heartbeats itself (ask/tell, one process per trial), which Optuna marks experimental and
+    # warns about outside Study.optimize; the warnings say nothing the user can act on.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")

@@ -275,4 +275,3 @@ def _train_with_oom_retry(job: TrialJob, tracker: RunTracker) -> TrialReport:
                 "ftlab.applied.gradient_accumulation_steps": str(new_accumulation),
             }
         )
-        time.sleep(0)  # yield before the retry; nothing to wait for on purpose

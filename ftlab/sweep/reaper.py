@@ -10,7 +10,7 @@ import logging
 
 import optuna
 from mlflow import MlflowClient
-from optuna.storages import RetryFailedTrialCallback
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial
 
 from ftlab.sweep.attrs import RUN_ID_ATTR
@@ -23,7 +23,7 @@ MAX_RETRIES = 1
 
 def stale_trial_callback(tracking_uri: str) -> StaleTrialCallback:
     """End the dead trial's MLflow run KILLED, then enqueue one retry with the same params (Optuna's own callback)."""
-    retry = RetryFailedTrialCallback(max_retry=MAX_RETRIES)
+    retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
 
     def on_stale_trial(study: optuna.Study, trial: FrozenTrial) -> None:
         run_id = trial.user_attrs.get(RUN_ID_ATTR)
@@ -42,12 +42,12 @@ def stale_trial_callback(tracking_uri: str) -> StaleTrialCallback:
 
 def retry_trial(study: optuna.Study, trial_id: int) -> None:
     """Enqueue a retry of a trial that was stopped on purpose (preemption), as a dead worker's trial would get."""
-    RetryFailedTrialCallback(max_retry=MAX_RETRIES)(study, study._storage.get_trial(trial_id))
+    RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)(study, study._storage.get_trial(trial_id))
 
 
 def retried_trial_number(study: optuna.Study, trial_id: int) -> int | None:
     """The number of the trial this one retries, if it is a retry."""
-    return RetryFailedTrialCallback.retried_trial_number(study._storage.get_trial(trial_id))
+    return RetryHeartbeatStaleTrialCallback.retried_trial_number(study._storage.get_trial(trial_id))
 
 
 def reap(study: optuna.Study) -> None:

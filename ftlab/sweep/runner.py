@@ -301,22 +301,21 @@ class SweepRunner:
             self.running[trial.number] = running
         self.on_event(TrialEvent("started", trial.number, trial.params, is_baseline, worker=worker))
         try:
-            report = self._run_process(job, trial._trial_id)
+            report, exitcode = self._run_process(job, trial._trial_id)
             if report is None:  # the process died without a word: segfault, OOM killer, SIGKILL
-                reason = f"trial process {_describe_exit(self._last_exitcode)}"
+                reason = f"trial process {_describe_exit(exitcode)}"
                 run.end("FAILED", reason=reason)
                 # SIGKILL comes from outside (the OOM killer, a scheduler, a dying node): worth one retry, which
                 # resumes from the last complete checkpoint. A segfault would most likely just happen again.
-                report = TrialReport("failed", reason, retry=self._last_exitcode == -signal.SIGKILL)
+                report = TrialReport("failed", reason, retry=exitcode == -signal.SIGKILL)
             self._tell(trial, report)
         finally:
             with self._lock:
                 self.running.pop(trial.number, None)
         self.on_event(TrialEvent(report.state, trial.number, trial.params, is_baseline, report, worker))
 
-    _last_exitcode: int | None = None
-
-    def _run_process(self, job: TrialJob, trial_id: int) -> TrialReport | None:
+    def _run_process(self, job: TrialJob, trial_id: int) -> tuple[TrialReport | None, int | None]:
+        """Run the trial process to its end; its result file (None if it died without one) and exit code."""
         process = self._context.Process(target=run_trial_job, args=(job,), name=f"ftlab-trial-{job.trial_number}")
         process.start()
         with self._lock:
@@ -327,8 +326,7 @@ class SweepRunner:
             self.study._storage.record_heartbeat(trial_id)
         with self._lock:
             self._processes.discard(process)
-        self._last_exitcode = process.exitcode
-        return TrialReport.read(Path(job.result_file))
+        return TrialReport.read(Path(job.result_file)), process.exitcode
 
     def _interrupt_trials(self) -> None:
         """Ctrl-C reaches the trial processes too; make sure, so each ends its run KILLED and writes its result."""
