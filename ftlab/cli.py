@@ -29,8 +29,9 @@ app = typer.Typer(
 baseline_app = typer.Typer(help="Documented baselines: the recipes sweeps search around.", no_args_is_help=True)
 app.add_typer(baseline_app, name="baseline")
 
-console = Console()
-err_console = Console(stderr=True)
+# Off a terminal (logs, CI, pipes) rich would assume 80 columns and fold every table; use a log-friendly width.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 SweepFile = Annotated[Path, typer.Argument(help="A sweep file (YAML), e.g. sweeps/demo.yaml.")]
 TrackingUri = Annotated[
@@ -250,8 +251,10 @@ def status(
         console.print_json(json.dumps(status_json(study, metric), default=str))
         return
     table = Table(title=f"study {study.study_name}")
-    for column in ("#", "state", metric, "perplexity", "duration", "params", "note"):
-        table.add_column(column)
+    for column in ("#", "state", metric, "perplexity", "duration"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("params", overflow="fold", ratio=2)  # wrap, never cut: the params are the point
+    table.add_column("note", overflow="fold", ratio=1)
     for trial in study.get_trials(deepcopy=False):
         row = trial_row(trial)
         value = row.values[0] if row.values else None
