@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # (TORCH_SPEC= make setup keeps what is there).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench-cpu bench-sweep bench-gpu clean
 
 $(BIN)/ftlab: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,16 @@ test: setup
 lint: setup
 	$(BIN)/ruff check ftlab tests benchmarks
 	$(BIN)/ruff format --check ftlab tests benchmarks
+
+# Benchmarks print one JSON line and write it under benchmarks/results/; each compares against a reference in the same run.
+bench-cpu: setup
+	$(BIN)/python -m benchmarks.trial_cpu
+
+bench-sweep: setup
+	$(BIN)/python -m benchmarks.sweep_efficiency
+
+bench-gpu: setup  # on a CUDA machine; about 6 minutes on an H100
+	$(BIN)/python -m benchmarks.gpu_xl --compile
 
 clean:
 	rm -rf .ftlab mlruns/* out

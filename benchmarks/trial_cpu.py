@@ -6,7 +6,7 @@ Run from the repo root (a few minutes on two cores; ``--quick`` is the same path
     python -m benchmarks.trial_cpu --quick       # 1 repeat, few steps: checks the script, not the machine
 
 Everything uses the demo: the tiny GPT-2 of ``demo://tiny-gpt2`` (built once under ``$FTLAB_HOME``) fine-tuned on
-``sweeps/demo.yaml``'s data with its baseline settings. Four figures, each against a target:
+``sweeps/demo.yaml``'s data with its baseline settings. Five figures, each against a target:
 
 - ``ratio_tokens_per_s``: steady-state training tokens/s of ``ftlab.training.loop.train`` over a plain Trainer script
   with the same hyperparameters (learning rate, batch, accumulation, schedule, warm-up, optimizer, clipping, seed,
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import platform
@@ -127,13 +128,14 @@ class TrainerMarks(TrainerCallback):
         return control
 
 
-def steady_tokens_per_s(marks: list[tuple[int, float]], warmup: int, tokens_per_step: int) -> float:
-    """Tokens/s from the first mark at or after ``warmup`` to the last mark."""
+def steady_tokens_per_s(marks: list[tuple[int, float]], warmup: int, tokens_per_step: int) -> tuple[float, list[float]]:
+    """Tokens/s from the first mark at or after ``warmup`` to the last mark, and of each window between two marks."""
     measured = [(step, t) for step, t in marks if step >= warmup]
     if len(measured) < 2:
         raise RuntimeError(f"no steady-state window: marks at steps {[step for step, _ in marks]}")
     (first_step, first_t), (last_step, last_t) = measured[0], measured[-1]
-    return (last_step - first_step) * tokens_per_step / (last_t - first_t)
+    windows = [(s1 - s0) * tokens_per_step / (t1 - t0) for (s0, t0), (s1, t1) in itertools.pairwise(measured)]
+    return (last_step - first_step) * tokens_per_step / (last_t - first_t), windows
 
 
 def median(values: list[float]) -> float:
@@ -260,7 +262,8 @@ def run_trainer(setup: Setup, config: TrainConfig, dataset: datasets.Dataset) ->
             data_collator=default_data_collator,
             callbacks=[TrainerMarks(clock)],
         )
-        trainer.train()
+        with contextlib.redirect_stdout(sys.stderr):  # Trainer prints its closing metrics; stdout is for the JSON
+            trainer.train()
     return clock.marks, str(getattr(args.optim, "value", args.optim))
 
 
@@ -272,6 +275,7 @@ def bench_throughput(
     blocks = data.train_tensor().tolist()
     dataset = datasets.Dataset.from_dict({"input_ids": blocks, "labels": blocks})
     runs: dict[str, list[float]] = {"ftlab": [], "trainer": []}
+    windows: dict[str, list[float]] = {"ftlab": [], "trainer": []}
     trainer_optim = None
     for repeat in range(repeats):
         # Alternate which goes first, so that a slow drift of the machine's load hits both alike.
@@ -281,8 +285,9 @@ def bench_throughput(
                 marks = run_ftlab(setup, config, data)
             else:
                 marks, trainer_optim = run_trainer(setup, config, dataset)
-            value = steady_tokens_per_s(marks, warmup, tokens_per_step)
+            value, phase_windows = steady_tokens_per_s(marks, warmup, tokens_per_step)
             runs[phase].append(value)
+            windows[phase] += phase_windows
             progress(NAME, setup.started, f"throughput {repeat + 1}/{repeats} {phase}: {value:,.0f} tokens/s")
     ftlab_tps, trainer_tps = median(runs["ftlab"]), median(runs["trainer"])
     result = {
@@ -307,13 +312,43 @@ def bench_throughput(
         "trainer_optimizer": trainer_optim,
         "ftlab": {"tokens_per_s_median": ftlab_tps, "runs": runs["ftlab"], "spread": spread(runs["ftlab"])},
         "trainer": {"tokens_per_s_median": trainer_tps, "runs": runs["trainer"], "spread": spread(runs["trainer"])},
-        # Paired ratios (each repeat's ftlab over its Trainer neighbour) show how much of the ratio is noise.
+        # Paired ratios (each repeat's ftlab over its Trainer neighbour) show how much of the ratio is noise; the
+        # median over every 5-step window of every run is less sensitive to a burst of load from another process.
         "paired_ratios": [f / t for f, t in zip(runs["ftlab"], runs["trainer"], strict=True)],
+        "window_median_ratio": median(windows["ftlab"]) / median(windows["trainer"]),
     }
     return result, ftlab_tps / trainer_tps
 
 
 # --- tracking overhead --------------------------------------------------------------------------------------------
+
+
+class TimedMlflowCallback(MlflowCallback):
+    """ftlab's MLflow callback, with the time the training thread spends inside its hooks added up."""
+
+    def __init__(self, tracker: RunTracker) -> None:
+        super().__init__(tracker)
+        self.seconds = 0.0
+
+    @contextlib.contextmanager
+    def _timed(self):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds += time.perf_counter() - started
+
+    def on_train_begin(self, plan: TrainPlan) -> None:
+        with self._timed():
+            super().on_train_begin(plan)
+
+    def on_log(self, step: int, metrics: dict[str, float]) -> None:
+        with self._timed():
+            super().on_log(step, metrics)
+
+    def on_evaluate(self, step: int, tokens_seen: int, metrics: dict[str, float]) -> None:
+        with self._timed():
+            super().on_evaluate(step, tokens_seen, metrics)
 
 
 def bench_tracking(
@@ -327,6 +362,8 @@ def bench_tracking(
     client = MlflowClient(tracking_uri=setup.tracking_uri)
     get_or_create_experiment(client, f"{NAME}-tracking")  # creates the SQLite schema outside the timed runs
     runs: dict[str, list[float]] = {"on": [], "off": []}
+    cpu: dict[str, list[float]] = {"on": [], "off": []}  # this process's CPU seconds, every thread
+    blocking: list[float] = []  # share of an "on" run the training thread spent in the hooks and the final flush
     steps = 0
     for repeat in range(repeats):
         order = ["off", "on"] if repeat % 2 == 0 else ["on", "off"]
@@ -336,12 +373,17 @@ def bench_tracking(
             tracker = (
                 RunTracker.start(setup.tracking_uri, f"{NAME}-tracking", f"{phase}-{repeat}") if phase == "on" else None
             )
-            callback = MlflowCallback(tracker) if tracker else None
-            started = time.perf_counter()
+            callback = TimedMlflowCallback(tracker) if tracker else None
+            started, cpu_started = time.perf_counter(), time.process_time()
             result = train(model, data.train_tensor(), data.validation_tensor(), config, runtime, callback)
-            if tracker:
+            if tracker and callback:
+                flush_started = time.perf_counter()
                 tracker.flush()  # metrics still queued are part of what tracking costs
+                callback.seconds += time.perf_counter() - flush_started
             seconds = time.perf_counter() - started
+            cpu[phase].append(time.process_time() - cpu_started)
+            if callback:
+                blocking.append(callback.seconds / seconds)
             if tracker:
                 tracker.end("FINISHED")
             steps = result.steps
@@ -358,6 +400,12 @@ def bench_tracking(
         "on": {"steps_per_s_median": on, "runs": runs["on"], "spread": spread(runs["on"])},
         "off": {"steps_per_s_median": off, "runs": runs["off"], "spread": spread(runs["off"])},
         "paired_overheads": [1 - a / b for a, b in zip(runs["on"], runs["off"], strict=True)],
+        # Two more views, for when the wall-clock difference is below the noise (see the spreads): the process's CPU
+        # seconds (every thread, the logging threads too), and the time training waits inside the hooks and the final
+        # flush (the part of tracking that blocks training; the logging threads' share of the cores is not in it).
+        "cpu_s_median": {"on": median(cpu["on"]), "off": median(cpu["off"])},
+        "cpu_overhead": median(cpu["on"]) / median(cpu["off"]) - 1,
+        "blocking_fraction_median": median(blocking),
     }, 1 - on / off
 
 
@@ -394,7 +442,12 @@ def run_cli(args: list[str], cwd: Path, log: Path) -> float:
     with log.open("a", encoding="utf-8") as out:
         spawned = time.time()
         completed = subprocess.run(
-            [sys.executable, "-m", "ftlab.cli", *args], cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "ftlab.cli", *args],
+            cwd=cwd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=600,
         )
     if completed.returncode != 0:
         tail = log.read_text(encoding="utf-8")[-3000:]
@@ -456,8 +509,8 @@ def bench_fixed_cost(setup: Setup, cold_repeats: int, fork_trials: int) -> dict[
             "first_trial_s": fork[0]["first_step_s"],  # includes starting the fork server (its preload imports)
             "trials": fork,
         },
-        "includes": "one optimizer step of 2 × 8 × 128 tokens, and the forked trial's own re-import of the sweep "
-        "process's __main__ module (ftlab.cli) that multiprocessing does in every child",
+        "includes": "the first optimizer step itself (2 x 8 x 128 tokens); for forked trials also multiprocessing's "
+        "re-import of the sweep process's __main__ module (ftlab.cli) in the child",
     }
 
 
