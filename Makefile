@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # (TORCH_SPEC= make setup keeps what is there).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup demo test lint bench-cpu bench-sweep bench-gpu clean
+.PHONY: setup demo test test-slow lint bench-cpu bench-sweep bench-gpu clean
 
 $(BIN)/ftlab: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# The slow tier: worker faults on real PostgreSQL/MLflow (SIGKILL, torn checkpoint, dropped connections, server
+# outage) and benchmark smoke runs; several minutes.
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
 
 lint: setup
 	$(BIN)/ruff check ftlab tests benchmarks

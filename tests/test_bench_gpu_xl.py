@@ -14,6 +14,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_tiny_run_prints_one_json_line_and_writes_it(tmp_path: Path) -> None:
     output = tmp_path / "results" / "gpu_xl_tiny.json"
     out_dir = tmp_path / "out"

@@ -36,6 +36,7 @@ def run_benchmark(module: str, *args: str, timeout: float) -> dict:
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_trial_cpu_quick_measures_every_figure(tmp_path: Path) -> None:
     output = tmp_path / "trial_cpu.json"
     result = run_benchmark("trial_cpu", "--quick", "--output", str(output), timeout=300)

@@ -65,6 +65,7 @@ def test_four_workers_meet_the_budget_exactly(tmp_path: Path, postgres_url: str,
     assert len(parents) == 1, "workers agree on one parent run"
 
 
+@pytest.mark.slow
 def test_a_killed_worker_s_trial_is_retried_with_the_same_params(
     tmp_path: Path, postgres_url: str, mlflow_server
 ) -> None:
@@ -136,6 +137,7 @@ def test_a_storage_password_appears_nowhere(tmp_path: Path, postgres_url: str, m
     assert "***" in next(run for run in runs if run.data.tags.get("ftlab.role") == "sweep").data.tags["optuna.storage"]
 
 
+@pytest.mark.slow
 def test_workers_survive_dropped_database_connections(tmp_path: Path, postgres_url: str, mlflow_server) -> None:
     import sqlalchemy
 
@@ -167,6 +169,7 @@ def test_workers_survive_dropped_database_connections(tmp_path: Path, postgres_u
     assert not [trial for trial in study.trials if trial.state.name == "RUNNING"]
 
 
+@pytest.mark.slow
 def test_mlflow_server_outage_mid_trial_loses_no_metric(tmp_path: Path, postgres_url: str, mlflow_server) -> None:
     write_sweep(
         tmp_path,
@@ -201,6 +204,7 @@ def test_mlflow_server_outage_mid_trial_loses_no_metric(tmp_path: Path, postgres
     assert not [run for run in runs_by_trial(mlflow_server.uri, "outage") if run.info.status == "RUNNING"]
 
 
+@pytest.mark.slow
 def test_a_kill_during_a_checkpoint_write_resumes_from_the_previous_one(
     tmp_path: Path, postgres_url: str, mlflow_server
 ) -> None:
