@@ -26,8 +26,7 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
-# The slow tier: worker faults on real PostgreSQL/MLflow (SIGKILL, torn checkpoint, dropped connections, server
-# outage) and benchmark smoke runs; several minutes.
+# The slow tier: smoke runs of the benchmark scripts at tiny size (the benchmarks themselves are the bench-* targets).
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
 

@@ -20,8 +20,8 @@ Everything uses the demo: the tiny GPT-2 of ``demo://tiny-gpt2`` (built once und
   run creation (the sweep creates it just before starting the process) or the parent's clock at ``subprocess`` spawn.
 - ``prepare_data_cache_hit_s``: ``ftlab.data.prepare_data`` again once the cache holds the blocks; median.
 - ``tracking_overhead``: 1 - (steps/s of ``train`` with ``ftlab.tracking.MlflowCallback`` on a SQLite MLflow store) /
-  (steps/s without), the demo's own settings (eval every 16k tokens, log every 5 steps), queued metrics flushed inside
-  the timed region; runs alternate; medians.
+  (steps/s without), the demo's own settings (eval every 16k tokens, log every 5 steps), the run ended (queued
+  metrics sent) inside the timed region; runs alternate; medians.
 
 Prints one JSON line on stdout (progress goes to stderr) and writes it to ``benchmarks/results/trial_cpu.json``, and to
 ``$OUT/trial_cpu.json`` when ``OUT`` is set. Other processes on the machine make every figure noisier: the JSON keeps
@@ -363,7 +363,7 @@ def bench_tracking(
     get_or_create_experiment(client, f"{NAME}-tracking")  # creates the SQLite schema outside the timed runs
     runs: dict[str, list[float]] = {"on": [], "off": []}
     cpu: dict[str, list[float]] = {"on": [], "off": []}  # this process's CPU seconds, every thread
-    blocking: list[float] = []  # share of an "on" run the training thread spent in the hooks and the final flush
+    blocking: list[float] = []  # share of an "on" run the training thread spent in the hooks and in ending the run
     steps = 0
     for repeat in range(repeats):
         order = ["off", "on"] if repeat % 2 == 0 else ["on", "off"]
@@ -377,15 +377,13 @@ def bench_tracking(
             started, cpu_started = time.perf_counter(), time.process_time()
             result = train(model, data.train_tensor(), data.validation_tensor(), config, runtime, callback)
             if tracker and callback:
-                flush_started = time.perf_counter()
-                tracker.flush()  # metrics still queued are part of what tracking costs
-                callback.seconds += time.perf_counter() - flush_started
+                end_started = time.perf_counter()
+                tracker.end("FINISHED")  # sends what is still queued, as a trial's end does: part of the cost
+                callback.seconds += time.perf_counter() - end_started
             seconds = time.perf_counter() - started
             cpu[phase].append(time.process_time() - cpu_started)
             if callback:
                 blocking.append(callback.seconds / seconds)
-            if tracker:
-                tracker.end("FINISHED")
             steps = result.steps
             runs[phase].append(result.steps / seconds)
             progress(

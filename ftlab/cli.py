@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -166,6 +169,31 @@ StorageUrl = Annotated[
 ]
 
 
+@contextmanager
+def stops_cleanly() -> Iterator[None]:
+    """Ctrl-C exits 130 and SIGTERM (preemption) 143, each with a line saying what happens to the trials.
+
+    Here and not in ``main``: typer turns a KeyboardInterrupt into a silent exit 130 before ``main`` could see it.
+    """
+    from ftlab.sweep.runner import PreemptedError
+
+    try:
+        yield
+    except PreemptedError:
+        err_console.print("stopped by SIGTERM: the interrupted trials saved a checkpoint and will be retried")
+        raise typer.Exit(143) from None
+    except KeyboardInterrupt:
+        err_console.print("interrupted: finished trials are stored; run the same command again to resume")
+        raise typer.Exit(130) from None
+
+
+def start_trial_server() -> None:
+    """Start the trial processes' fork server before the heavy imports below, so that both run at once."""
+    from ftlab.sweep.forkserver import trial_process_context
+
+    trial_process_context()
+
+
 @app.command()
 def sweep(
     file: SweepFile,
@@ -178,19 +206,21 @@ def sweep(
     tracking_uri: TrackingUri = None,
 ) -> None:
     """Run (or resume) an Optuna study around the baseline; every trial is a process and a nested MLflow run."""
+    start_trial_server()
     quiet_libraries()
     from ftlab.sweep.orchestrate import run_sweep
     from ftlab.tracking import redact_url
 
-    outcome = run_sweep(
-        file,
-        n_trials=n_trials,
-        timeout=timeout,
-        workers=workers,
-        storage_url=storage,
-        tracking_uri=tracking_uri,
-        console=console,
-    )
+    with stops_cleanly():
+        outcome = run_sweep(
+            file,
+            n_trials=n_trials,
+            timeout=timeout,
+            workers=workers,
+            storage_url=storage,
+            tracking_uri=tracking_uri,
+            console=console,
+        )
     console.print(outcome.comparison.sentence() if outcome.comparison else "no trial completed")
     console.print(f"report: {outcome.report_dir} (also logged to MLflow run {outcome.parent_run_id})")
     console.print(f"status: ftlab status {file}")
@@ -219,13 +249,15 @@ def worker(
     workers: Annotated[int, typer.Option("--workers", help="Trials at once on this machine (one per GPU).")] = 1,
 ) -> None:
     """Join a shared study from any machine and run trials until its budget is spent."""
+    start_trial_server()
     quiet_libraries()
     from ftlab.sweep.orchestrate import run_sweep
 
-    outcome = run_sweep(
-        file, n_trials=n_trials, timeout=timeout, workers=workers, storage_url=storage, tracking_uri=tracking_uri,
-        console=console, live=False, seed_salt=os.getpid(),  # workers starting together must not draw alike
-    )  # fmt: skip
+    with stops_cleanly():
+        outcome = run_sweep(
+            file, n_trials=n_trials, timeout=timeout, workers=workers, storage_url=storage, tracking_uri=tracking_uri,
+            console=console, live=False, seed_salt=secrets.randbits(32),  # workers must not draw alike
+        )  # fmt: skip
     console.print(outcome.comparison.sentence() if outcome.comparison else "no trial completed")
 
 
@@ -389,14 +421,21 @@ def main() -> None:
     except UserError as error:
         err_console.print(f"[bold red]error:[/bold red] {error}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except KeyboardInterrupt as interrupt:
-        from ftlab.sweep.runner import PreemptedError
+    except Exception as error:
+        from ftlab.sweep.resilience import RECONNECT_TIMEOUT_S, is_connection_loss
+        from ftlab.tracking import redact_url
 
-        if isinstance(interrupt, PreemptedError):
-            err_console.print("stopped by SIGTERM: interrupted trials will be retried")
-            sys.exit(143)
-        err_console.print("interrupted")
-        sys.exit(130)
+        if not is_connection_loss(error):
+            raise
+        cause = str(error.__cause__ or error).strip().splitlines()[0]
+        err_console.print(
+            f"[bold red]error:[/bold red] lost the database connection (retried for up to "
+            f"{RECONNECT_TIMEOUT_S:.0f} s): {redact_url(cause)}. Finished trials are stored; run the same command "
+            "again once the database is back to resume.",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(1)
 
 
 if __name__ == "__main__":

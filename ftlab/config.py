@@ -204,7 +204,8 @@ class PrunerConfig(StrictModel):
     n_warmup_tokens: int = Field(default=0, ge=0)
     """median: tokens a trial may see before it can be pruned."""
     min_resource_tokens: int | str = "auto"
-    """successive_halving / hyperband: the smallest budget in tokens seen."""
+    """successive_halving / hyperband: the smallest budget in tokens seen; auto: ``eval_tokens`` (the first fidelity
+    point) where ``train`` sets it, else Optuna's own estimate."""
     reduction_factor: int = Field(default=3, ge=2)
 
 

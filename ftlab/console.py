@@ -12,6 +12,9 @@ import optuna
 def quiet_libraries() -> None:
     """Silence transformers', datasets' and MLflow's progress bars and INFO logs; warnings still show."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # MLflow prints "View run … at: URL" to stdout whenever a run on a tracking server ends (and fetches the run
+    # again to do it); ftlab's own lines already say where runs are.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     import datasets
     import transformers
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import platform
 import subprocess
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +101,7 @@ def run_trial(
     log_params: bool = True,
     trial_dir: Path | None = None,
     resume_from: Path | None = None,
+    stop_requested: threading.Event | None = None,
 ) -> TrialOutcome:
     """Run one fine-tuning trial and record it as one MLflow run.
 
@@ -152,6 +154,7 @@ def run_trial(
                 best_model_dir=trial_dir / "best",
                 checkpoint_path=trial_dir / CHECKPOINT_FILE,
                 resume_from=resume_from,
+                stop_requested=stop_requested,
             )
         except NotEnoughDataError as error:
             raise DataError.single(str(error), where="data", fix="see the message") from None

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -27,11 +28,12 @@ from ftlab.config import SweepConfig
 from ftlab.console import quiet_libraries
 from ftlab.errors import UserError
 from ftlab.settings import resolve_train_config
+from ftlab.sweep.resilience import retry_on_connection_loss
 from ftlab.sweep.space import split_effective_batch
 from ftlab.sweep.study import build_pruner, open_storage
 from ftlab.tracking import RunTracker
 from ftlab.training.callbacks import TrainingCallback, TrainPlan
-from ftlab.training.loop import NonFiniteLossError
+from ftlab.training.loop import NonFiniteLossError, TrainingPreemptedError
 from ftlab.trial import run_trial
 
 
@@ -74,7 +76,7 @@ class TrialReport:
     data_fingerprint: str | None = None
     per_device_train_batch_size: int | None = None
     gradient_accumulation_steps: int | None = None
-    retry: bool = False  # set by the worker: the trial was lost to something outside it (SIGKILL, preemption)
+    retry: bool = False  # the trial was lost to something outside it (SIGKILL, preemption): run it again
 
     def write(self, path: Path) -> None:
         staging = path.with_suffix(".tmp")
@@ -115,8 +117,8 @@ class PruningCallback(TrainingCallback):
         if not self.can_prune or self.metric not in metrics:
             return
         value = metrics[self.metric]
-        self.trial.report(value, step=tokens_seen)
-        if self.trial.should_prune():
+        retry_on_connection_loss(lambda: self.trial.report(value, step=tokens_seen))
+        if retry_on_connection_loss(self.trial.should_prune):
             raise optuna.TrialPruned(f"pruned after {tokens_seen:,} tokens: {self.metric} {value:.4f}")
 
 
@@ -178,22 +180,33 @@ def run_trial_job(job: TrialJob) -> None:
     quiet_libraries()
     result_file = Path(job.result_file)
     tracker = RunTracker(MlflowClient(tracking_uri=job.tracking_uri), job.run_id)
+    # SIGTERM (preemption, from the worker or from a scheduler signalling the whole job) ends the trial at the next
+    # step boundary with a checkpoint, so its retry loses nothing.
+    stop_requested = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop_requested.set())
     try:
-        report = _train_with_oom_retry(job, tracker)
+        report = _train_with_oom_retry(job, tracker, stop_requested)
     except KeyboardInterrupt:
         # A terminal's Ctrl-C reaches this process directly and again through the sweep; let only the first count.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         report = TrialReport("interrupted", "stopped by Ctrl-C")
         tracker.end("KILLED", reason=report.reason)
     report.write(result_file)
+    # Everything is stored (the run ended after its metrics were flushed). Skip interpreter teardown, which waits up
+    # to a second for MLflow's idle logging threads: a second per trial, for nothing.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
-def _train_with_oom_retry(job: TrialJob, tracker: RunTracker) -> TrialReport:
+def _train_with_oom_retry(job: TrialJob, tracker: RunTracker, stop_requested: threading.Event) -> TrialReport:
     sweep = SweepConfig.model_validate(job.sweep)
     sweep_dir = Path(job.sweep_dir)
     # The pruner is not stored with the study: build the sweep's own, or Optuna's default would decide.
-    study = optuna.load_study(
-        study_name=job.study_name, storage=open_storage(job.storage_url), pruner=build_pruner(sweep.pruner)
+    study = retry_on_connection_loss(
+        lambda: optuna.load_study(
+            study_name=job.study_name, storage=open_storage(job.storage_url), pruner=build_pruner(sweep)
+        )
     )
     trial = optuna.trial.Trial(study, job.trial_id)
     overrides = dict(job.overrides)
@@ -221,6 +234,7 @@ def _train_with_oom_retry(job: TrialJob, tracker: RunTracker) -> TrialReport:
                 log_params=not oom_history,  # MLflow params are immutable; retries are recorded as tags
                 trial_dir=Path(job.trial_dir) if job.trial_dir else None,
                 resume_from=Path(job.resume_from) if job.resume_from else None,
+                stop_requested=stop_requested,
             )
             result = outcome.result
             tracker.end("FINISHED")
@@ -243,6 +257,9 @@ def _train_with_oom_retry(job: TrialJob, tracker: RunTracker) -> TrialReport:
         except optuna.TrialPruned as error:
             tracker.end("KILLED", reason=f"pruned: {error}")
             return TrialReport("pruned", str(error))
+        except TrainingPreemptedError as error:
+            tracker.end("KILLED", reason=str(error))
+            return TrialReport("interrupted", str(error), retry=True)
         except NonFiniteLossError as error:
             reason = f"pruned: {error}"
             tracker.end("KILLED", reason=reason)

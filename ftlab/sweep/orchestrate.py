@@ -10,9 +10,10 @@ from rich.console import Console
 
 from ftlab.config import SweepConfig, load_sweep
 from ftlab.errors import UserError
-from ftlab.sweep.attrs import PARENT_RUN_ATTR
+from ftlab.sweep.attrs import PARENT_RUN_ATTR, REPORTED_ATTR
 from ftlab.sweep.reaper import reap, stale_trial_callback
 from ftlab.sweep.report import log_report
+from ftlab.sweep.resilience import retry_on_connection_loss
 from ftlab.sweep.runner import SweepRunner
 from ftlab.sweep.study import create_or_load_study, load_study, storage_url_for
 from ftlab.sweep.summary import Comparison, compare
@@ -82,10 +83,23 @@ def run_sweep(
     finally:
         report_dir = report_dir_for(sweep)
         if runner.parent_run_id:
-            log_report(runner.study, sweep, uri, runner.parent_run_id, report_dir)
+            # A preempted worker has seconds left: whoever runs next writes the report.
+            if not runner.preempted and retry_on_connection_loss(lambda: _report_is_due(runner)):
+                retry_on_connection_loss(lambda: log_report(runner.study, sweep, uri, runner.parent_run_id, report_dir))
             runner.finish(status)
-    comparison = compare(runner.study, sweep.objectives[0].metric)
+    comparison = retry_on_connection_loss(lambda: compare(runner.study, sweep.objectives[0].metric))
     return SweepOutcome(runner.study, comparison, runner.parent_run_id, report_dir, uri)
+
+
+def _report_is_due(runner: SweepRunner) -> bool:
+    """Workers sharing a study finish at about the same time: the first to see the study as it is now writes the
+    report, the others skip it (``ftlab report`` writes it again on demand)."""
+    with runner.study_lock.held():
+        finished = sum(trial.state.is_finished() for trial in runner.study.get_trials(deepcopy=False))
+        if runner.study.user_attrs.get(REPORTED_ATTR) == finished:
+            return False
+        runner.study.set_user_attr(REPORTED_ATTR, finished)
+        return True
 
 
 def open_sweep_study(sweep_file: Path, storage_url: str | None = None) -> tuple[SweepConfig, optuna.Study]:

@@ -17,22 +17,22 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import psutil
 from optuna.trial import TrialState
 
 from ftlab.config import SweepConfig, TrainConfig
 from ftlab.settings import resolve_train_config
 from ftlab.sweep.attrs import BASELINE_ATTR, FAIL_REASON_ATTR, PARENT_RUN_ATTR, PRUNE_REASON_ATTR, RUN_ID_ATTR
 from ftlab.sweep.child import TrialJob, TrialReport, run_trial_job
+from ftlab.sweep.forkserver import trial_process_context
 from ftlab.sweep.reaper import reap, retried_trial_number, retry_trial, stale_trial_callback
+from ftlab.sweep.resilience import is_connection_loss, retry_on_connection_loss
 from ftlab.sweep.space import baseline_point, same_point, sample_overrides
 from ftlab.sweep.study import StudyLock, create_or_load_study
 from ftlab.tracking import RunTracker, flatten, redact_url
 from ftlab.trial import CHECKPOINT_FILE
 
 _POLL_S = 0.5
-
-# Modules every trial needs, imported once by the fork server instead of once per trial process.
-_PRELOAD = ["ftlab.sweep.child", "torch", "transformers", "datasets", "mlflow", "optuna"]
 
 
 @dataclass
@@ -60,11 +60,12 @@ class PreemptedError(KeyboardInterrupt):
     """The worker was told to stop (SIGTERM): a cluster preempting it, or a scheduler's time limit."""
 
 
-def _trial_process_context() -> multiprocessing.context.BaseContext:
-    """A fork server preloaded with the heavy imports: trial processes start fast and share nothing."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(_PRELOAD)
-    return context
+def _alive(pid: int | None) -> bool:
+    """Whether process ``pid`` still runs (a zombie, as an orphan becomes under a container's PID 1, does not)."""
+    try:
+        return pid is not None and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _describe_exit(code: int | None) -> str:
@@ -86,6 +87,7 @@ class SweepRunner:
         on_event: Callable[[TrialEvent], None] | None = None,
         seed_salt: int = 0,
     ) -> None:
+        self._context = trial_process_context()
         self.sweep = sweep
         self.sweep_file = sweep_file
         self.sweep_dir = sweep_file.parent
@@ -96,17 +98,19 @@ class SweepRunner:
         self.baseline_config: TrainConfig = resolve_train_config(sweep, self.sweep_dir, source=str(sweep_file))
         self.baseline_point = baseline_point(sweep, self.baseline_config, str(sweep_file))
         self.study_lock = StudyLock(storage_url, sweep.name)
-        with self.study_lock.held():  # workers starting together would race to create the schema and the study
-            self.study: optuna.Study = create_or_load_study(
-                sweep, storage_url, stale_trial_callback(tracking_uri), seed_salt
-            )
+
+        def open_study() -> optuna.Study:
+            with self.study_lock.held():  # workers starting together would race to create the schema and the study
+                return create_or_load_study(sweep, storage_url, stale_trial_callback(tracking_uri), seed_salt)
+
+        self.study: optuna.Study = retry_on_connection_loss(open_study)
         self.preempted = False
         self.parent_run_id = ""
         self.running: dict[int, RunningTrial] = {}
         self.stop_event = threading.Event()
         self._lock = threading.Lock()
-        self._context = _trial_process_context()
         self._processes: set[multiprocessing.process.BaseProcess] = set()
+        self._worker_errors: list[BaseException] = []
         self.experiment = sweep.tracking.experiment or sweep.name
 
     # --- setup -------------------------------------------------------------------------------------------------
@@ -128,8 +132,12 @@ class SweepRunner:
 
     def start_parent_run(self) -> str:
         """One MLflow parent run per sweep, reopened when the sweep resumes; workers agree on it under the lock."""
-        with self.study_lock.held():
-            return self._start_parent_run()
+
+        def start() -> str:
+            with self.study_lock.held():
+                return self._start_parent_run()
+
+        return retry_on_connection_loss(start)
 
     def _start_parent_run(self) -> str:
         existing = self.study.user_attrs.get(PARENT_RUN_ATTR)
@@ -187,7 +195,8 @@ class SweepRunner:
 
     def run(self, n_trials: int | None, timeout: float | None) -> None:
         """Run trials until ``n_trials`` COMPLETE trials exist in the study, ``timeout`` passes, or Ctrl-C."""
-        self.enqueue_baseline()
+        with self.study_lock.held():  # two workers starting together must not both enqueue it
+            retry_on_connection_loss(self.enqueue_baseline)
         self.start_parent_run()
         deadline = time.monotonic() + timeout if timeout else None
         finished = [threading.Event() for _ in range(self.workers)]
@@ -203,12 +212,14 @@ class SweepRunner:
                 pass
         except KeyboardInterrupt:
             self.stop_event.set()
-            self._interrupt_trials()
+            self._interrupt_trials(signal.SIGTERM if self.preempted else signal.SIGINT)
             for event in finished:
                 event.wait()
             raise
         finally:
             signal.signal(signal.SIGTERM, previous_sigterm)
+        if self._worker_errors:  # a worker thread failed outside any trial: the sweep did not do what it was asked
+            raise self._worker_errors[0]
 
     def _on_sigterm(self, signum: int, frame: object) -> None:
         """Preemption: stop like Ctrl-C, but the interrupted trials are retried (and the process exits non-zero)."""
@@ -218,6 +229,10 @@ class SweepRunner:
     def _worker(self, index: int, n_trials: int | None, deadline: float | None, finished: threading.Event) -> None:
         try:
             self._work(index, n_trials, deadline)
+        except BaseException as error:
+            # Stop the other workers too and let run() raise it: a sweep whose worker died must not exit 0.
+            self._worker_errors.append(error)
+            self.stop_event.set()
         finally:
             finished.set()
 
@@ -225,19 +240,28 @@ class SweepRunner:
         while not self.stop_event.is_set():
             if deadline is not None and time.monotonic() >= deadline:
                 return
-            # Threads of this process, and every other worker of the study, agree on the budget before asking.
-            with self._lock, self.study_lock.held():
-                reap(self.study)  # trials of dead workers: failed, their runs KILLED, retried once
-                decision = self._may_start(n_trials)
-                trial = self.study.ask() if decision else None
-                if trial is not None:
-                    self.study._storage.record_heartbeat(trial._trial_id)
+            with self._lock:
+                decision, trial = retry_on_connection_loss(lambda: self._next_trial(n_trials))
             if decision is False:
                 return
             if trial is None:
                 time.sleep(_POLL_S)
                 continue
             self._run_one(trial, index)
+
+    def _next_trial(self, n_trials: int | None) -> tuple[bool | None, optuna.Trial | None]:
+        """Reap dead workers' trials, then ask for a trial if the budget allows (see ``_may_start``).
+
+        Every worker of the study agrees on the budget by holding the study lock. Retried as a whole when the
+        connection drops: only ``ask`` writes, and it is the last step.
+        """
+        with self.study_lock.held():
+            reap(self.study)  # trials of dead workers: failed, their runs KILLED, retried once
+            decision = self._may_start(n_trials)
+            trial = self.study.ask() if decision else None
+            if trial is not None:
+                self.study._storage.record_heartbeat(trial._trial_id)
+        return decision, trial
 
     def _trial_dir(self, number: int) -> Path:
         """A trial's folder: progress, result, checkpoint, models. A retry resumes from its predecessor's folder,
@@ -275,7 +299,7 @@ class SweepRunner:
                 **({"ftlab.retry_of_trial": str(retry_of)} if retry_of is not None else {}),
             },
         )
-        trial.set_user_attr(RUN_ID_ATTR, run.run_id)
+        retry_on_connection_loss(lambda: trial.set_user_attr(RUN_ID_ATTR, run.run_id))
         trial_dir = self._trial_dir(trial.number)
         trial_dir.mkdir(parents=True, exist_ok=True)
         job = TrialJob(
@@ -323,30 +347,50 @@ class SweepRunner:
         # This worker's heartbeat for the trial: if the worker dies, it stops and another worker reaps the trial.
         interval = self.sweep.storage.heartbeat_interval
         while process.join(timeout=interval) is None and process.exitcode is None:
-            self.study._storage.record_heartbeat(trial_id)
+            self._beat(trial_id)
+        # The exit code comes through the fork server. If that died first (a SIGTERM to the whole job reaches it
+        # too), multiprocessing reports 255 while the trial may still be saving its checkpoint: wait for the trial.
+        while _alive(process.pid):
+            time.sleep(min(_POLL_S, interval))
+            self._beat(trial_id)
         with self._lock:
             self._processes.discard(process)
         return TrialReport.read(Path(job.result_file)), process.exitcode
 
-    def _interrupt_trials(self) -> None:
-        """Ctrl-C reaches the trial processes too; make sure, so each ends its run KILLED and writes its result."""
+    def _beat(self, trial_id: int) -> None:
+        try:
+            self.study._storage.record_heartbeat(trial_id)
+        except Exception as error:
+            if not is_connection_loss(error):
+                raise
+            # A missed beat is harmless while the grace period lasts; the next one reconnects.
+
+    def _interrupt_trials(self, signum: signal.Signals) -> None:
+        """Pass Ctrl-C (SIGINT) or preemption (SIGTERM) on to the trial processes, so each ends its run KILLED and
+        writes its result; a preempted one saves a checkpoint first. (A terminal's Ctrl-C reaches them directly too.)
+        """
         with self._lock:
             processes = list(self._processes)
         for process in processes:
             if process.is_alive() and process.pid:
-                os.kill(process.pid, signal.SIGINT)
+                os.kill(process.pid, signum)
 
     def _tell(self, trial: optuna.Trial, report: TrialReport) -> None:
         try:
-            self._tell_outcome(trial, report)
+            retry_on_connection_loss(lambda: self._tell_outcome(trial, report))
         except RuntimeError:
             # Optuna's grid sampler calls study.stop() once the grid is used up, which only works inside
             # study.optimize; the outcome is stored by then, so end this sweep instead.
             if self._grid is None or not self._grid.is_exhausted(self.study):
                 raise
             self.stop_event.set()
+        if report.retry or (report.state == "interrupted" and self.preempted):
+            # Lost to something outside the trial (SIGKILL, preemption): run it again, resuming from its checkpoint.
+            retry_on_connection_loss(lambda: retry_trial(self.study, trial._trial_id))
 
     def _tell_outcome(self, trial: optuna.Trial, report: TrialReport) -> None:
+        if self.study._storage.get_trial(trial._trial_id).state.is_finished():
+            return  # told already, by an attempt whose connection dropped after the commit
         if report.state == "complete":
             for key in ("eval_loss", "perplexity", "train_loss", "tokens_seen", "seconds", "model_dir", "device"):
                 trial.set_user_attr(key, getattr(report, key))
@@ -360,8 +404,6 @@ class SweepRunner:
         else:
             trial.set_user_attr(FAIL_REASON_ATTR, report.reason)
             self.study.tell(trial, state=TrialState.FAIL)
-            if report.retry or (report.state == "interrupted" and self.preempted):
-                retry_trial(self.study, trial._trial_id)  # lost to something outside the trial: run it again
 
     def finish(self, status: str = "FINISHED") -> None:
         """Close the parent run (the report module logs plots to it first)."""

@@ -8,13 +8,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import sqlalchemy
+import sqlalchemy.exc
 from filelock import FileLock
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial
 
-from ftlab.config import PrunerConfig, SamplerConfig, StorageConfig, SweepConfig
+from ftlab.config import SamplerConfig, StorageConfig, SweepConfig
 from ftlab.tracking import DEFAULT_STORE_DIR
 
 StaleTrialCallback = Callable[[optuna.Study, FrozenTrial], None]
@@ -85,16 +87,31 @@ class StudyLock:
             try:
                 yield
             finally:
-                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": self._key})
+                try:
+                    connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": self._key})
+                except sqlalchemy.exc.DBAPIError as error:
+                    # A session lock ends with its session: a dropped connection has released it already.
+                    if not error.connection_invalidated:
+                        raise
 
 
-def build_sampler(config: SamplerConfig, sweep: SweepConfig, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
-    """Optuna's own sampler for ``config.name``, seeded with ``config.seed + seed_offset``.
+def sampler_seed(seed: int | None, existing_trials: int = 0, salt: int = 0) -> int | None:
+    """The sampler's seed: the file's own for a new study, else one derived from (seed, existing trials, salt).
 
-    A resumed sweep passes the number of trials it already has as the offset: the same seed again would replay the
-    same random draws and repeat finished trials, while this keeps a resumed sweep reproducible all the same.
+    A resumed sweep must not reuse the seed (it would replay the same draws and repeat finished trials), yet stays
+    reproducible. Workers add a random salt, so that two joining at the same moment do not draw alike. The three are
+    mixed by numpy's SeedSequence rather than added: with a sum, (1 trial, salt 5) and (0 trials, salt 6) collide.
     """
-    seed = None if config.seed is None else config.seed + seed_offset
+    if seed is None or (existing_trials == 0 and salt == 0):
+        return seed
+    return int(np.random.SeedSequence([seed, existing_trials, salt]).generate_state(1)[0])
+
+
+def build_sampler(
+    config: SamplerConfig, sweep: SweepConfig, existing_trials: int = 0, salt: int = 0
+) -> optuna.samplers.BaseSampler:
+    """Optuna's own sampler for ``config.name``, seeded by :func:`sampler_seed`."""
+    seed = sampler_seed(config.seed, existing_trials, salt)
     startup = {} if config.n_startup_trials is None else {"n_startup_trials": config.n_startup_trials}
     if config.name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, **startup)
@@ -110,21 +127,28 @@ def build_sampler(config: SamplerConfig, sweep: SweepConfig, seed_offset: int = 
     return optuna.samplers.GPSampler(seed=seed, **startup)
 
 
-def build_pruner(config: PrunerConfig) -> optuna.pruners.BasePruner:
-    """Optuna's own pruner; its steps are tokens seen, so ``n_warmup_tokens`` and resources are in tokens."""
+def build_pruner(sweep: SweepConfig) -> optuna.pruners.BasePruner:
+    """Optuna's own pruner; its steps are tokens seen, so ``n_warmup_tokens`` and resources are in tokens.
+
+    ``min_resource_tokens: auto`` is the first fidelity point (``eval_tokens``) where the sweep sets one: Optuna's own
+    "auto" (1 % of the first finished trial's last step) would put several rungs before the first evaluation, where
+    one report would then have to clear them all at once.
+    """
+    config = sweep.pruner
     if config.name == "none":
         return optuna.pruners.NopPruner()
     if config.name == "median":
         return optuna.pruners.MedianPruner(
             n_startup_trials=config.n_startup_trials, n_warmup_steps=config.n_warmup_tokens
         )
+    min_resource = config.min_resource_tokens
+    if min_resource == "auto" and isinstance(sweep.train.get("eval_tokens"), int):
+        min_resource = sweep.train["eval_tokens"]
     if config.name == "successive_halving":
         return optuna.pruners.SuccessiveHalvingPruner(
-            min_resource=config.min_resource_tokens, reduction_factor=config.reduction_factor
+            min_resource=min_resource, reduction_factor=config.reduction_factor
         )
-    return optuna.pruners.HyperbandPruner(
-        min_resource=config.min_resource_tokens, reduction_factor=config.reduction_factor
-    )
+    return optuna.pruners.HyperbandPruner(min_resource=min_resource, reduction_factor=config.reduction_factor)
 
 
 def _existing_trials(storage: RDBStorage, name: str) -> int:
@@ -145,8 +169,8 @@ def create_or_load_study(
     return optuna.create_study(
         study_name=sweep.name,
         storage=storage,
-        sampler=build_sampler(sweep.sampler, sweep, seed_offset=_existing_trials(storage, sweep.name) + seed_salt),
-        pruner=build_pruner(sweep.pruner),
+        sampler=build_sampler(sweep.sampler, sweep, _existing_trials(storage, sweep.name), seed_salt),
+        pruner=build_pruner(sweep),
         directions=[objective.direction for objective in sweep.objectives],
         load_if_exists=True,
     )

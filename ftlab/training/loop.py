@@ -13,6 +13,7 @@ import dataclasses
 import math
 import os
 import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,16 @@ class NotEnoughDataError(ValueError):
     """The training split is smaller than one optimizer step."""
 
 
+class TrainingPreemptedError(RuntimeError):
+    """Training stopped on request (SIGTERM: preemption) after ``step``, with a resumable checkpoint if one is kept."""
+
+    def __init__(self, step: int, checkpoint: Path | None) -> None:
+        saved = f"checkpoint saved at step {step}" if checkpoint else "no checkpoint kept"
+        super().__init__(f"preempted (SIGTERM) after optimizer step {step}; {saved}")
+        self.step = step
+        self.checkpoint = checkpoint
+
+
 @dataclass(frozen=True)
 class InjectedFaults:
     """Faults the tests inject through ``FTLAB_INJECT_FAULT`` to prove the sweep survives them.
@@ -50,8 +61,8 @@ class InjectedFaults:
     Format: comma-separated ``oom_at_step=N``, ``oom_above_batch=B`` (raise CUDA OOM at step N while the micro-batch
     is larger than B), ``nan_at_step=N`` (make the loss NaN at step N), ``segfault_at_step=N`` (kill the process with
     SIGSEGV at step N), ``kill_in_checkpoint_at_step=N`` (SIGKILL halfway through writing step N's checkpoint),
-    ``trial=K`` (only in sweep trial number K, read from ``FTLAB_TRIAL_NUMBER``). Unset in normal
-    use.
+    ``trial=K`` (only in sweep trial number K, read from ``FTLAB_TRIAL_NUMBER``). Groups separated by ``;`` give
+    different trials different faults: ``nan_at_step=3,trial=1;segfault_at_step=2,trial=2``. Unset in normal use.
     """
 
     oom_at_step: int | None = None
@@ -63,12 +74,12 @@ class InjectedFaults:
 
     @classmethod
     def from_env(cls) -> InjectedFaults:
-        spec = os.environ.get("FTLAB_INJECT_FAULT", "")
-        values = {key: int(value) for key, value in (item.split("=", 1) for item in spec.split(",") if "=" in item)}
-        faults = cls(**values)
-        if faults.trial is not None and str(faults.trial) != os.environ.get("FTLAB_TRIAL_NUMBER"):
-            return cls()
-        return faults
+        for group in os.environ.get("FTLAB_INJECT_FAULT", "").split(";"):
+            items = (item.split("=", 1) for item in group.split(",") if "=" in item)
+            faults = cls(**{key.strip(): int(value) for key, value in items})
+            if faults.trial is None or str(faults.trial) == os.environ.get("FTLAB_TRIAL_NUMBER"):
+                return faults
+        return cls()
 
 
 def plan_steps(config: TrainConfig, train_blocks: int) -> tuple[int, int]:
@@ -124,6 +135,7 @@ def train(
     best_model_dir: Path | None = None,
     checkpoint_path: Path | None = None,
     resume_from: Path | None = None,
+    stop_requested: threading.Event | None = None,
 ) -> TrainResult:
     """Fine-tune ``model`` on packed ``train_blocks`` and evaluate it on ``validation_blocks``.
 
@@ -137,10 +149,12 @@ def train(
         best_model_dir: if given, the model with the lowest eval loss so far is saved there (whole or not at all).
         checkpoint_path: where resumable checkpoints are written (see ``save_steps``); None writes none.
         resume_from: a checkpoint to resume from (a retried trial's predecessor's); ignored if absent.
+        stop_requested: when set, training stops after the current optimizer step, saving a checkpoint first.
 
     Raises:
         NonFiniteLossError: the loss became NaN or infinite.
         NotEnoughDataError: less data than one optimizer step.
+        TrainingPreemptedError: ``stop_requested`` was set.
     """
     callback = callback or TrainingCallback()
     faults = InjectedFaults.from_env()
@@ -203,6 +217,29 @@ def train(
     num_items = torch.tensor(label_tokens_per_step, device=device)
     runtime.reset_peak_memory()
     started = time.perf_counter()
+
+    def save_checkpoint(step: int) -> None:
+        nonlocal run_loss_sum, window_steps
+        assert checkpoint_path is not None
+        state = {
+            "step": step,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "cpu_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None,
+            # The partial logging window is folded in, so no loss is counted twice after a resume.
+            "run_loss_sum": run_loss_sum + window_loss.item(),
+            "best_eval_loss": best_eval_loss,
+            "eval_loss": eval_loss,
+            "history": history,
+        }
+        # The partial logging window is now counted in run_loss_sum; the next log covers the steps after it.
+        run_loss_sum, window_steps = state["run_loss_sum"], 0
+        window_loss.zero_()
+        save_training_state(state, checkpoint_path, kill_midway=faults.kill_in_checkpoint_at_step == step)
+        callback.on_checkpoint(step, str(checkpoint_path))
+
     # The batch order is a pure function of (seed, epoch): a resumed run continues with exactly the batches it missed.
     order = _epoch_order(config.seed, plan.start_step // steps_per_epoch, train_blocks.size(0), device)
 
@@ -273,25 +310,14 @@ def train(
                     callback.on_checkpoint(step, str(best_model_dir))
             callback.on_evaluate(step, point, metrics)
 
-        if checkpoint_path is not None and _is_save_step(config, step, is_eval_step) and step < total_steps:
-            state = {
-                "step": step,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "cpu_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None,
-                # Saved right after a logging step (or with its window folded in), so no loss is counted twice.
-                "run_loss_sum": run_loss_sum + window_loss.item(),
-                "best_eval_loss": best_eval_loss,
-                "eval_loss": eval_loss,
-                "history": history,
-            }
-            # The partial logging window is now counted in run_loss_sum; the next log covers the steps after it.
-            run_loss_sum, window_steps = state["run_loss_sum"], 0
-            window_loss.zero_()
-            save_training_state(state, checkpoint_path, kill_midway=faults.kill_in_checkpoint_at_step == step)
-            callback.on_checkpoint(step, str(checkpoint_path))
+        saved = checkpoint_path is not None and _is_save_step(config, step, is_eval_step) and step < total_steps
+        if saved:
+            save_checkpoint(step)
+        if stop_requested is not None and stop_requested.is_set() and step < total_steps:
+            # Preemption: the scheduler's grace period is short, so stop at this step boundary with a checkpoint.
+            if checkpoint_path is not None and not saved:
+                save_checkpoint(step)
+            raise TrainingPreemptedError(step, checkpoint_path)
 
     seconds = time.perf_counter() - started
     tokens_seen = total_steps * input_tokens_per_step

@@ -1,0 +1,80 @@
+"""Which database errors count as a lost connection, and that only those are retried."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+import sqlalchemy
+import sqlalchemy.exc
+
+from ftlab.sweep.resilience import is_connection_loss, retry_on_connection_loss
+from tests.services import postgres_database
+
+pytest_plugins = ["tests.services"]
+
+
+def _operational_error() -> sqlalchemy.exc.OperationalError:
+    return sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
+
+
+def _wrapped_by_optuna(cause: Exception) -> optuna.exceptions.StorageInternalError:
+    try:
+        raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") from cause
+    except optuna.exceptions.StorageInternalError as error:
+        return error
+
+
+def test_lost_connections_are_recognised_also_inside_optuna_s_wrapper() -> None:
+    assert is_connection_loss(_operational_error())
+    assert is_connection_loss(_wrapped_by_optuna(_operational_error()))
+    integrity = sqlalchemy.exc.IntegrityError("INSERT", {}, Exception("duplicate key"))
+    assert not is_connection_loss(integrity)
+    assert not is_connection_loss(_wrapped_by_optuna(sqlalchemy.exc.DataError("INSERT", {}, Exception("too long"))))
+    assert not is_connection_loss(ValueError("bad value"))
+
+
+def test_a_lost_connection_is_retried_until_it_works() -> None:
+    attempts = []
+
+    def flaky() -> str:
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise _operational_error()
+        return "done"
+
+    assert retry_on_connection_loss(flaky, timeout_s=30) == "done"
+    assert len(attempts) == 3
+
+
+def test_other_errors_are_not_retried() -> None:
+    attempts = []
+
+    def broken() -> None:
+        attempts.append(1)
+        raise ValueError("bad value")
+
+    with pytest.raises(ValueError):
+        retry_on_connection_loss(broken, timeout_s=30)
+    assert len(attempts) == 1
+
+
+@pytest.mark.services
+def test_a_real_terminated_session_is_a_connection_loss_and_the_retry_reconnects() -> None:
+    with postgres_database("ftlab_resilience") as url:
+        engine = sqlalchemy.create_engine(url, pool_pre_ping=False)
+        with engine.connect() as connection:
+            pid = connection.execute(sqlalchemy.text("SELECT pg_backend_pid()")).scalar()
+        admin = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sqlalchemy.NullPool)
+        with admin.connect() as connection:  # what a database restart does to the pooled connection
+            connection.execute(sqlalchemy.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        admin.dispose()
+
+        def query() -> int:
+            with engine.connect() as connection:
+                return int(connection.execute(sqlalchemy.text("SELECT 1")).scalar())
+
+        with pytest.raises(sqlalchemy.exc.DBAPIError) as lost:
+            query()  # the pool hands out the dead connection: without pre-ping this fails
+        assert is_connection_loss(lost.value)
+        assert retry_on_connection_loss(query, timeout_s=30) == 1
+        engine.dispose()
