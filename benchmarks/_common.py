@@ -9,9 +9,12 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
+from transformers import TrainerCallback
+
+from ftlab.training.callbacks import TrainingCallback, TrainPlan
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -66,3 +69,49 @@ def write_result(result: dict[str, Any], path: Path) -> list[Path]:
         out_dir.mkdir(parents=True, exist_ok=True)
         written.append(Path(shutil.copyfile(path, out_dir / path.name)))
     return written
+
+
+# --- step marks for ftlab's loop and for Trainer ---------------------------------------------------------------------
+
+
+class StepMarker(Protocol):
+    """A clock that records the time after an optimizer step and says whether training should stop there."""
+
+    last_step: int
+
+    def mark(self, step: int) -> bool: ...
+
+
+class BenchmarkDone(Exception):
+    """Raised from an ftlab hook to end training once the timed steps are done (skipping the final evaluation)."""
+
+
+class FtlabMarks(TrainingCallback):
+    """Marks at ftlab's logging steps, where the loop has just read the loss (so a device sync costs nothing extra)."""
+
+    def __init__(self, clock: StepMarker) -> None:
+        self.clock = clock
+
+    def on_train_begin(self, plan: TrainPlan) -> None:
+        self.clock.mark(0)
+
+    def on_log(self, step: int, metrics: dict[str, float]) -> None:
+        if self.clock.mark(step):
+            raise BenchmarkDone
+
+
+class TrainerMarks(TrainerCallback):
+    """The same marks for Trainer: every ``log_every`` optimizer steps (ftlab's logging_steps) and at the last one."""
+
+    def __init__(self, clock: StepMarker, log_every: int) -> None:
+        self.clock = clock
+        self.log_every = log_every
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.clock.mark(0)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        step = state.global_step
+        if (step % self.log_every == 0 or step >= self.clock.last_step) and self.clock.mark(step):
+            control.should_training_stop = True
+        return control

@@ -37,10 +37,13 @@ from typing import Any
 
 import torch
 import transformers
-from transformers import AutoModelForCausalLM, GPT2Config, Trainer, TrainerCallback, TrainingArguments
+from transformers import AutoModelForCausalLM, GPT2Config, Trainer, TrainingArguments
 
 from benchmarks._common import (
     RESULTS_DIR,
+    BenchmarkDone,
+    FtlabMarks,
+    TrainerMarks,
     free_device_memory,
     peak_bf16_flops,
     progress,
@@ -48,7 +51,6 @@ from benchmarks._common import (
     write_result,
 )
 from ftlab.config import TrainConfig
-from ftlab.training.callbacks import TrainingCallback, TrainPlan
 from ftlab.training.loop import train
 from ftlab.training.runtime import Runtime
 
@@ -100,10 +102,6 @@ def count_params(shape: Shape) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-class BenchmarkDone(Exception):
-    """Raised from an ftlab hook to end training: the measured steps are done or the phase ran out of time."""
-
-
 @dataclass
 class StepClock:
     """Timestamps taken right after a device synchronisation, and the rule for when a phase stops."""
@@ -123,39 +121,6 @@ class StepClock:
         if step > 0:
             progress(NAME, self.started, f"{self.label}: step {step}/{self.last_step}")
         return step >= self.last_step or now > self.deadline
-
-
-class FtlabMarks(TrainingCallback):
-    """Marks at ftlab's logging steps, where the loop has just read the loss (so the sync costs nothing extra).
-
-    Stopping raises from the hook, which also skips the loop's final evaluation: it is not part of the benchmark.
-    """
-
-    def __init__(self, clock: StepClock) -> None:
-        self.clock = clock
-
-    def on_train_begin(self, plan: TrainPlan) -> None:
-        self.clock.mark(0)
-
-    def on_log(self, step: int, metrics: dict[str, float]) -> None:
-        if self.clock.mark(step):
-            raise BenchmarkDone
-
-
-class TrainerMarks(TrainerCallback):
-    """The same marks for Trainer: every ``LOG_EVERY`` optimizer steps and at the last one."""
-
-    def __init__(self, clock: StepClock) -> None:
-        self.clock = clock
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.clock.mark(0)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        step = state.global_step
-        if (step % LOG_EVERY == 0 or step >= self.clock.last_step) and self.clock.mark(step):
-            control.should_training_stop = True
-        return control
 
 
 @contextlib.contextmanager
@@ -221,7 +186,7 @@ def run_trainer(
             eval_strategy="no",
             disable_tqdm=True,  # progress comes from the marks; tqdm adds no device work either way
         )
-        trainer = Trainer(model=model, args=args, train_dataset=dataset, callbacks=[TrainerMarks(clock)])
+        trainer = Trainer(model=model, args=args, train_dataset=dataset, callbacks=[TrainerMarks(clock, LOG_EVERY)])
         trainer.train()
         trainer.accelerator.free_memory()  # drops accelerate's references to the model and optimizer
     return {"marks": clock.marks, "optimizer": str(args.optim.value if hasattr(args.optim, "value") else args.optim)}

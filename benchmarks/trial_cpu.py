@@ -51,16 +51,24 @@ import torch
 import transformers
 import yaml
 from mlflow import MlflowClient
-from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments, default_data_collator
+from transformers import AutoModelForCausalLM, Trainer, TrainingArguments, default_data_collator
 
-from benchmarks._common import RESULTS_DIR, progress, synchronize, write_result
+from benchmarks._common import (
+    RESULTS_DIR,
+    BenchmarkDone,
+    FtlabMarks,
+    TrainerMarks,
+    progress,
+    synchronize,
+    write_result,
+)
 from ftlab.config import SweepConfig, TrainConfig, load_sweep
 from ftlab.console import quiet_libraries
 from ftlab.data import PreparedData, prepare_data
 from ftlab.demo import resolve
 from ftlab.settings import resolve_train_config
 from ftlab.tracking import MlflowCallback, RunTracker, get_or_create_experiment
-from ftlab.training.callbacks import TrainingCallback, TrainPlan
+from ftlab.training.callbacks import TrainPlan
 from ftlab.training.loop import train
 from ftlab.training.runtime import Runtime
 from ftlab.trial import load_model, load_tokenizer
@@ -78,10 +86,6 @@ TARGETS = {  # figure → (bound, "min" or "max", unit)
 }
 
 
-class BenchmarkDone(Exception):
-    """Raised from an ftlab hook to end training once the timed steps are done (skipping the final evaluation)."""
-
-
 @dataclass
 class StepClock:
     """Timestamps after optimizer steps; ``mark`` says when the run should stop."""
@@ -96,36 +100,6 @@ class StepClock:
         synchronize(self.device)
         self.marks.append((step, time.perf_counter()))
         return step >= self.last_step
-
-
-class FtlabMarks(TrainingCallback):
-    """Marks at ftlab's logging steps (``logging_steps`` = ``LOG_EVERY``)."""
-
-    def __init__(self, clock: StepClock) -> None:
-        self.clock = clock
-
-    def on_train_begin(self, plan: TrainPlan) -> None:
-        self.clock.mark(0)
-
-    def on_log(self, step: int, metrics: dict[str, float]) -> None:
-        if self.clock.mark(step):
-            raise BenchmarkDone
-
-
-class TrainerMarks(TrainerCallback):
-    """The same marks for Trainer: every ``LOG_EVERY`` optimizer steps."""
-
-    def __init__(self, clock: StepClock) -> None:
-        self.clock = clock
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.clock.mark(0)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        step = state.global_step
-        if (step % LOG_EVERY == 0 or step >= self.clock.last_step) and self.clock.mark(step):
-            control.should_training_stop = True
-        return control
 
 
 def steady_tokens_per_s(marks: list[tuple[int, float]], warmup: int, tokens_per_step: int) -> tuple[float, list[float]]:
@@ -260,7 +234,7 @@ def run_trainer(setup: Setup, config: TrainConfig, dataset: datasets.Dataset) ->
             args=args,
             train_dataset=dataset,
             data_collator=default_data_collator,
-            callbacks=[TrainerMarks(clock)],
+            callbacks=[TrainerMarks(clock, LOG_EVERY)],
         )
         with contextlib.redirect_stdout(sys.stderr):  # Trainer prints its closing metrics; stdout is for the JSON
             trainer.train()

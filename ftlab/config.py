@@ -108,7 +108,8 @@ class TrainConfig(StrictModel):
     logging_steps: int = Field(default=10, ge=1)
     save_steps: int | None = Field(default=None, ge=0)
     """Write a resumable checkpoint (model, optimizer, schedule, step) every this many optimizer steps; unset: at
-    every evaluation; 0: never. A retried trial resumes from its predecessor's last complete checkpoint."""
+    every evaluation; 0: never (SIGTERM still writes one). A retried trial resumes from its predecessor's last complete
+    checkpoint."""
     use_cpu: bool = False
     """Train on the CPU even where a GPU is present."""
     gradient_checkpointing: bool = False
