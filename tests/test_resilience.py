@@ -78,3 +78,40 @@ def test_a_real_terminated_session_is_a_connection_loss_and_the_retry_reconnects
         assert is_connection_loss(lost.value)
         assert retry_on_connection_loss(query, timeout_s=30) == 1
         engine.dispose()
+
+
+def _heartbeat_study(tmp_path, grace_period: int = 1) -> optuna.Study:
+    storage = optuna.storages.RDBStorage(
+        f"sqlite:///{tmp_path / 'optuna.db'}", heartbeat_interval=1, grace_period=grace_period
+    )
+    return optuna.create_study(study_name="orphans", storage=storage)
+
+
+def test_a_trial_asked_for_but_never_started_is_failed_after_the_grace_period(tmp_path) -> None:
+    import time
+
+    from ftlab.sweep.reaper import fail_orphaned_trials
+
+    study = _heartbeat_study(tmp_path)
+    orphan = study.ask()  # as if the connection dropped before its first heartbeat: nobody runs it
+    running = study.ask()
+    study._storage.record_heartbeat(running._trial_id)
+    assert fail_orphaned_trials(study) == []  # younger than the grace period: its worker may be about to beat
+    time.sleep(1.2)
+    assert fail_orphaned_trials(study) == [orphan.number]
+    states = {trial.number: trial.state for trial in study.get_trials()}
+    assert states == {orphan.number: optuna.trial.TrialState.FAIL, running.number: optuna.trial.TrialState.RUNNING}
+    assert "never ran" in study.get_trials()[orphan.number].user_attrs["fail_reason"]
+
+
+def test_retrying_a_preempted_trial_twice_enqueues_one_retry(tmp_path) -> None:
+    from ftlab.sweep.reaper import retry_trial
+
+    study = _heartbeat_study(tmp_path)
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    retry_trial(study, trial._trial_id)
+    retry_trial(study, trial._trial_id)  # an attempt whose connection dropped after the commit, repeated
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert len(waiting) == 1
+    assert waiting[0].params == trial.params

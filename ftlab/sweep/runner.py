@@ -195,8 +195,12 @@ class SweepRunner:
 
     def run(self, n_trials: int | None, timeout: float | None) -> None:
         """Run trials until ``n_trials`` COMPLETE trials exist in the study, ``timeout`` passes, or Ctrl-C."""
-        with self.study_lock.held():  # two workers starting together must not both enqueue it
-            retry_on_connection_loss(self.enqueue_baseline)
+
+        def enqueue() -> None:
+            with self.study_lock.held():  # two workers starting together must not both enqueue it
+                self.enqueue_baseline()
+
+        retry_on_connection_loss(enqueue)
         self.start_parent_run()
         deadline = time.monotonic() + timeout if timeout else None
         finished = [threading.Event() for _ in range(self.workers)]
@@ -256,7 +260,9 @@ class SweepRunner:
         connection drops: only ``ask`` writes, and it is the last step.
         """
         with self.study_lock.held():
-            reap(self.study)  # trials of dead workers: failed, their runs KILLED, retried once
+            # Trials of dead workers: failed, their runs KILLED, retried once. Also trials an earlier attempt of this
+            # call asked for but lost to a dropped connection before their first heartbeat.
+            reap(self.study)
             decision = self._may_start(n_trials)
             trial = self.study.ask() if decision else None
             if trial is not None:
@@ -281,12 +287,21 @@ class SweepRunner:
             return None
         return gpus[worker % len(gpus)]
 
-    def _run_one(self, trial: optuna.Trial, worker: int) -> None:
+    def _prepare(self, trial_id: int) -> tuple[optuna.Trial, dict[str, Any], bool, int | None]:
+        """The trial with its settings sampled, whether it is the baseline, and which trial it retries (if any).
+
+        Retried as a whole when the connection drops. Each attempt reloads the trial, so a parameter whose write
+        was committed just before the connection died is read back rather than sampled (and stored) twice.
+        """
+        trial = optuna.Trial(self.study, trial_id)
         overrides = sample_overrides(trial, self.sweep, self.baseline_config)
         if self._grid is not None and same_point(trial.params, self.baseline_point):
             trial.set_user_attr(BASELINE_ATTR, True)
         is_baseline = bool(trial.user_attrs.get(BASELINE_ATTR))
-        retry_of = retried_trial_number(self.study, trial._trial_id)
+        return trial, overrides, is_baseline, retried_trial_number(self.study, trial_id)
+
+    def _run_one(self, asked: optuna.Trial, worker: int) -> None:
+        trial, overrides, is_baseline, retry_of = retry_on_connection_loss(lambda: self._prepare(asked._trial_id))
         run = RunTracker.start(
             self.tracking_uri,
             self.experiment,

@@ -12,6 +12,7 @@ from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
+from ftlab.sweep.resilience import retry_on_connection_loss
 from ftlab.sweep.runner import SweepRunner, TrialEvent
 from ftlab.sweep.summary import compare, state_counts
 
@@ -31,16 +32,16 @@ class SweepView:
         self.metric = metric
         self.live = console.is_terminal if live is None else live
         self._lock = threading.Lock()
-        self._counts = state_counts(runner.study)
+        self._counts = retry_on_connection_loss(lambda: state_counts(runner.study))
         self._best_line = self._comparison_line()
 
     def _comparison_line(self) -> str:
-        comparison = compare(self.runner.study, self.metric)
+        comparison = retry_on_connection_loss(lambda: compare(self.runner.study, self.metric))
         return comparison.sentence() if comparison else "no completed trial yet"
 
     def on_event(self, event: TrialEvent) -> None:
         with self._lock:
-            self._counts = state_counts(self.runner.study)
+            self._counts = retry_on_connection_loss(lambda: state_counts(self.runner.study))
             if event.kind == "complete":
                 self._best_line = self._comparison_line()
         if not self.live:
