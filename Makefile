@@ -42,7 +42,7 @@ bench-sweep: setup
 	$(BIN)/python -m benchmarks.sweep_efficiency
 
 bench-gpu: setup  # on a CUDA machine; about 6 minutes on an H100
-	$(BIN)/python -m benchmarks.gpu_xl --compile
+	$(BIN)/python -m benchmarks.gpu_xl --compile --ablations --profile
 
 clean:
 	rm -rf .ftlab mlruns/* out

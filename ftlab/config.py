@@ -114,6 +114,7 @@ class TrainConfig(StrictModel):
     """Train on the CPU even where a GPU is present."""
     gradient_checkpointing: bool = False
     torch_compile: bool = False
+    """Compile each decoder block with torch.compile (seconds of warm-up; measure it with benchmarks/gpu_xl)."""
     output_dir: str = ".ftlab/trials"
     """Where trials keep checkpoints and their final model."""
 

@@ -37,9 +37,9 @@ def test_tiny_run_prints_one_json_line_and_writes_it(tmp_path: Path) -> None:
     assert ftlab["tokens_per_s"] > 0 and trainer["tokens_per_s"] > 0
     assert ftlab["measured_steps"] == trainer["measured_steps"] == 10
     assert result["ratio_tokens_per_s"] == pytest.approx(ftlab["tokens_per_s"] / trainer["tokens_per_s"])
-    assert set(result["targets"]) == {"mfu", "ratio_tokens_per_s", "peak_mem_gb"}
+    assert set(result["targets"]) == {"ftlab.mfu", "ftlab.ratio_tokens_per_s", "ftlab.peak_mem_gb"}
     if result["device"] == "cpu":
-        assert ftlab["mfu"] is None and result["targets"]["mfu"]["met"] is None
+        assert ftlab["mfu"] is None and result["targets"]["ftlab.mfu"]["met"] is None
 
     assert json.loads(output.read_text(encoding="utf-8")) == result
     assert json.loads((out_dir / output.name).read_text(encoding="utf-8")) == result

@@ -26,6 +26,7 @@ from ftlab.training.checkpoint import load_training_state, save_model_atomically
 from ftlab.training.metrics import count_label_tokens, evaluate, perplexity
 from ftlab.training.optim import build_optimizer, build_scheduler, warmup_steps_for
 from ftlab.training.runtime import Runtime, peak_memory_mb
+from ftlab.training.speedups import align_output_head, compile_blocks, fuse_tanh_gelu
 
 # Data that fits comfortably is moved to the device once: no loader, no per-step host-to-device copies.
 _DEVICE_RESIDENT_BYTES = 1 << 30
@@ -171,7 +172,11 @@ def train(
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.train()
-    step_model = torch.compile(model) if config.torch_compile else model
+    fuse_tanh_gelu(model)
+    if device.type == "cuda":  # cuBLAS's alignment rule; the CPU's kernels have none
+        align_output_head(model)
+    if config.torch_compile:
+        compile_blocks(model)  # in place: the model trains, evaluates and saves as before
     optimizer = build_optimizer(model, config, device)
     scheduler = build_scheduler(optimizer, config, total_steps)
     # Label tokens per micro-batch: the same for every packed block, counted once on the host.
@@ -205,7 +210,7 @@ def train(
     callback.on_train_begin(plan)
 
     def run_evaluation() -> tuple[float, int]:
-        return evaluate(step_model, validation_blocks, config.per_device_eval_batch_size, device, runtime.autocast())
+        return evaluate(model, validation_blocks, config.per_device_eval_batch_size, device, runtime.autocast())
 
     # Window sums live on the device and are read only at logging steps: no per-step host synchronisation.
     window_loss = torch.zeros((), dtype=torch.float64, device=device)
@@ -259,7 +264,7 @@ def train(
             with runtime.autocast():
                 # num_items_in_batch makes the model's loss sum/(tokens in the whole optimizer step), so summing the
                 # micro-batch losses gives the token-weighted mean: 2×4 and 8×1 report the same loss.
-                loss = step_model(input_ids=batch, labels=batch, num_items_in_batch=num_items, use_cache=False).loss
+                loss = model(input_ids=batch, labels=batch, num_items_in_batch=num_items, use_cache=False).loss
             if faults.nan_at_step == step:
                 loss = loss * math.nan
             loss.backward()
