@@ -33,6 +33,37 @@ def test_lost_connections_are_recognised_also_inside_optuna_s_wrapper() -> None:
     assert not is_connection_loss(ValueError("bad value"))
 
 
+def _pending_rollback_after(first: Exception) -> optuna.exceptions.StorageInternalError:
+    """What Optuna raises when its fallback query runs in the transaction the first error left invalid."""
+    try:
+        try:
+            raise first
+        except Exception:
+            raise sqlalchemy.exc.PendingRollbackError("Can't reconnect until invalid transaction is rolled back.")  # noqa: B904
+    except sqlalchemy.exc.PendingRollbackError as pending:
+        return _wrapped_by_optuna(pending)
+
+
+def test_a_pending_rollback_counts_as_what_left_the_transaction_invalid() -> None:
+    assert is_connection_loss(_pending_rollback_after(_operational_error()))
+    integrity = sqlalchemy.exc.IntegrityError("INSERT", {}, Exception("duplicate key"))
+    assert not is_connection_loss(_pending_rollback_after(integrity))
+    assert not is_connection_loss(sqlalchemy.exc.PendingRollbackError("no context"))
+
+
+def test_a_collision_creating_the_schema_is_recognised() -> None:
+    from ftlab.sweep.resilience import is_concurrent_schema_creation
+
+    collision = sqlalchemy.exc.IntegrityError(
+        "CREATE TABLE studies",
+        {},
+        Exception('duplicate key value violates unique constraint "pg_type_typname_nsp_index"'),
+    )
+    assert is_concurrent_schema_creation(_wrapped_by_optuna(collision))
+    assert not is_concurrent_schema_creation(sqlalchemy.exc.IntegrityError("INSERT", {}, Exception("duplicate key")))
+    assert not is_connection_loss(collision)  # retried only where the caller asks for it: opening the storage
+
+
 def test_a_lost_connection_is_retried_until_it_works() -> None:
     attempts = []
 

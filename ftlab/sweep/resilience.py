@@ -30,8 +30,28 @@ def is_connection_loss(error: BaseException) -> bool:
             return True
         if isinstance(error, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError):
             return True
+        if isinstance(error, sqlalchemy.exc.PendingRollbackError):
+            # A query after a failed one in the same transaction (Optuna's _get_trials retries a query that failed
+            # with OperationalError in place): what it reports is what happened first.
+            error = error.__context__  # type: ignore[assignment]
+            continue
         if not isinstance(error, optuna.exceptions.StorageInternalError | sqlalchemy.exc.StatementError):
             return False
+        error = error.__cause__ or error.__context__  # type: ignore[assignment]
+    return False
+
+
+def is_concurrent_schema_creation(error: BaseException) -> bool:
+    """True when creating Optuna's tables collided with another process creating them at the same moment.
+
+    Workers create the schema under the study lock, but a lock whose session was dropped is no lock: two workers can
+    then both run CREATE TABLE, and PostgreSQL rejects the second with a duplicate in its catalog. The tables exist
+    afterwards, so opening the storage again succeeds.
+    """
+    while error is not None:
+        if isinstance(error, sqlalchemy.exc.IntegrityError | sqlalchemy.exc.ProgrammingError):
+            message = str(error)
+            return "pg_type_typname_nsp_index" in message or "already exists" in message
         error = error.__cause__ or error.__context__  # type: ignore[assignment]
     return False
 
@@ -47,13 +67,18 @@ def _log_retry(state: RetryCallState) -> None:
     )
 
 
-def retry_on_connection_loss(operation: Callable[[], T], timeout_s: float = RECONNECT_TIMEOUT_S) -> T:
+def retry_on_connection_loss(
+    operation: Callable[[], T],
+    timeout_s: float = RECONNECT_TIMEOUT_S,
+    also: Callable[[BaseException], bool] = lambda error: False,
+) -> T:
     """Run ``operation``, again after a backoff while it fails with a lost connection, for up to ``timeout_s``.
 
     Only for operations that are safe to repeat (reads, or writes that end in the same state when done twice).
+    ``also`` names other errors worth a retry for this operation.
     """
     retrying = retry(
-        retry=retry_if_exception(is_connection_loss),
+        retry=retry_if_exception(lambda error: is_connection_loss(error) or also(error)),
         wait=wait_exponential_jitter(initial=0.5, max=15),
         stop=stop_after_delay(timeout_s),
         before_sleep=_log_retry,

@@ -26,7 +26,7 @@ from ftlab.sweep.attrs import BASELINE_ATTR, FAIL_REASON_ATTR, PARENT_RUN_ATTR, 
 from ftlab.sweep.child import TrialJob, TrialReport, run_trial_job
 from ftlab.sweep.forkserver import trial_process_context
 from ftlab.sweep.reaper import reap, retried_trial_number, retry_trial, stale_trial_callback
-from ftlab.sweep.resilience import is_connection_loss, retry_on_connection_loss
+from ftlab.sweep.resilience import is_concurrent_schema_creation, is_connection_loss, retry_on_connection_loss
 from ftlab.sweep.space import baseline_point, same_point, sample_overrides
 from ftlab.sweep.study import StudyLock, create_or_load_study
 from ftlab.tracking import RunTracker, flatten, redact_url
@@ -103,7 +103,7 @@ class SweepRunner:
             with self.study_lock.held():  # workers starting together would race to create the schema and the study
                 return create_or_load_study(sweep, storage_url, stale_trial_callback(tracking_uri), seed_salt)
 
-        self.study: optuna.Study = retry_on_connection_loss(open_study)
+        self.study: optuna.Study = retry_on_connection_loss(open_study, also=is_concurrent_schema_creation)
         self.preempted = False
         self.parent_run_id = ""
         self.running: dict[int, RunningTrial] = {}
