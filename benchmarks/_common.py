@@ -59,9 +59,14 @@ def write_result(result: dict[str, Any], path: Path) -> list[Path]:
     Returns:
         The files written.
     """
+    return write_output(json.dumps(result, indent=2) + "\n", path)
+
+
+def write_output(text: str, path: Path) -> list[Path]:
+    """Write ``text`` to ``path`` (whole or not at all), and copy it to ``$OUT`` when that is set; the files written."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".tmp")
-    partial.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    partial.write_text(text, encoding="utf-8")
     os.replace(partial, path)
     written = [path]
     if os.environ.get("OUT"):
