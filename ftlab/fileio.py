@@ -1,0 +1,103 @@
+"""Files and folders written whole or not at all, and folders built once by whichever process gets there first.
+
+Readers never see a half-written result file, checkpoint, model folder or cache entry: everything is written under a
+temporary sibling name (same filesystem, so the final rename is atomic) and renamed into place when complete. A write
+that fails (a crash, a full disk) leaves no temporary file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+
+def _sibling(path: Path, tag: str) -> Path:
+    # A leading dot and a random suffix: no reader looks for it, and two writers never share one.
+    return path.with_name(f".{path.name}.{tag}-{uuid.uuid4().hex[:8]}")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling path to write a file or a folder into; on success it replaces ``target``.
+
+    A folder replaces an existing folder too (POSIX cannot rename over a non-empty one, so the old one is moved aside
+    first and removed after). On any exception the temporary path is removed and the target is left as it was.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = _sibling(target, "tmp")
+    try:
+        yield staging
+        if staging.is_dir() and target.is_dir():
+            retired = _sibling(target, "old")
+            os.replace(target, retired)
+            os.replace(staging, target)
+            _remove(retired)
+        else:
+            os.replace(staging, target)
+    except BaseException:
+        _remove(staging)
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` whole or not at all."""
+    with atomic_path(path) as staging:
+        staging.write_bytes(data)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` whole or not at all."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, data: Any, **dumps: Any) -> None:
+    """Write ``data`` as JSON to ``path`` whole or not at all."""
+    atomic_write_text(path, json.dumps(data, **dumps) + "\n")
+
+
+def build_once(
+    target: Path,
+    build: Callable[[Path], None],
+    is_complete: Callable[[Path], bool],
+    *,
+    force: bool = False,
+    lock_timeout: float = -1,
+) -> bool:
+    """Make sure the folder ``target`` holds a complete build; whether this call built it.
+
+    ``build(staging)`` fills an empty staging folder; ``is_complete(folder)`` says whether a folder holds a finished
+    build (usually: a marker file that ``build`` writes last). Several processes may call this at once: one builds,
+    under a lock file beside ``target``, the others wait and then find the build complete. A complete build is read
+    without taking the lock. A build that crashed leaves only its staging folder, which the next builder removes.
+
+    Raises:
+        filelock.Timeout: another process held the lock for longer than ``lock_timeout`` seconds (-1: wait forever).
+    """
+    if not force and is_complete(target):
+        return False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target.with_name(target.name + ".lock")), timeout=lock_timeout):
+        if not force and is_complete(target):  # another process finished it while this one waited
+            return False
+        for leftover in target.parent.glob(f".{target.name}.tmp-*"):  # the lock says no build is running
+            _remove(leftover)
+        with atomic_path(target) as staging:
+            staging.mkdir()
+            build(staging)
+    return True
