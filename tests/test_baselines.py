@@ -643,3 +643,33 @@ def test_resolve_unknown_name_lists_builtins() -> None:
     assert SHIPPED in str(error.value)
     with pytest.raises(CardError, match=SHIPPED):
         load_builtin("nope")
+
+
+def test_broken_front_matter_is_a_warning_that_costs_only_the_declared_base_model() -> None:
+    text = CARD_ENUM_MULTI_GPU.replace("base_model: EleutherAI/pythia-160m", "base_model: [EleutherAI/pythia-160m")
+    card = parse_card(text, "broken.md")
+    assert card.warnings[0] == "The card's YAML front matter is not valid YAML; it was ignored."
+    assert card.base_model == "EleutherAI/pythia-160m"  # from the "fine-tuned version of" sentence
+    assert card.learning_rate == 0.0003 and card.max_steps == 500
+
+
+def test_front_matter_that_is_no_metadata_is_a_warning() -> None:
+    text = "---\n- a list\n- not a mapping\n---\n\n" + CARD_NAMED_FUSED[CARD_NAMED_FUSED.index("<!--") :]
+    card = parse_card(text, "list.md")
+    assert len(card.warnings) == 1 and "not model card metadata" in card.warnings[0]
+    assert card.base_model == "gpt2" and card.optim == "adamw_torch_fused"
+
+
+def test_card_without_front_matter() -> None:
+    card = parse_card(CARD_NAMED_FUSED[CARD_NAMED_FUSED.index("<!--") :], "bare.md")
+    assert card.warnings == []
+    assert card.base_model == "gpt2" and card.learning_rate == 6e-05
+
+
+def test_base_model_list_takes_the_first_and_a_bad_model_index_costs_nothing() -> None:
+    text = CARD_NAMED_FUSED.replace("base_model: gpt2", "base_model:\n- gpt2-medium\n- gpt2").replace(
+        "model-index:\n- name: gpt2-tinystories\n  results: []", "model-index: 5"
+    )
+    card = parse_card(text, "merge.md")
+    assert card.base_model == "gpt2-medium"
+    assert card.warnings == []

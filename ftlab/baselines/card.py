@@ -2,31 +2,32 @@
 
 Trainer's ``create_model_card`` writes the training settings as a markdown list under
 ``### Training hyperparameters`` and the results as an "It achieves the following results on the evaluation set:"
-list and/or a ``### Training results`` table. The wording changed between transformers versions; every variant
-known to ftlab is handled here. Settings are turned into ``TrainingArguments`` names; what does not add up
-(batch sizes, perplexity against loss) becomes a sentence in ``warnings``, never an exception, because a card
-is a record of someone else's run and the user still wants to see what it says.
+list and/or a ``### Training results`` table. The wording changed between transformers versions. The layout and the
+results are read here; each hyperparameter line, in every shape known to ftlab, through the table in
+``ftlab.baselines.trainer_format`` (the one ftlab's export writes by); the front matter by huggingface_hub.
+Settings are turned into ``TrainingArguments`` names; what does not add up (batch sizes, perplexity against loss)
+becomes a sentence in ``warnings``, never an exception, because a card is a record of someone else's run and the
+user still wants to see what it says.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import yaml
+from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub.repocard import REGEX_YAML_BLOCK
 from pydantic import BaseModel, ConfigDict
 
-from ftlab.config import TRAIN_KEYS, OptimizerName, SchedulerName
+from ftlab.baselines.trainer_format import TRAINER_LINES, number
+from ftlab.config import TRAIN_KEYS
 from ftlab.errors import CardError
 
 NOT_A_CARD_FIX = "pass a README.md written by transformers' Trainer (it has a '### Training hyperparameters' list)"
-BAD_VALUE_FIX = "correct the value in the card, or write the settings inline under `baseline:` in the sweep file"
 
-_OPTIMIZERS: tuple[str, ...] = get_args(OptimizerName)
-_SCHEDULERS: tuple[str, ...] = get_args(SchedulerName)
 _RELATIVE_TOLERANCE = 0.01  # reported perplexity may differ from exp(loss) by rounding, not more
 
 
@@ -150,9 +151,9 @@ def parse_card(text: str, source: str) -> CardBaseline:
             in it is not what Trainer writes (``learning_rate: abc``).
     """
     text = text.replace("\r\n", "\n")
-    front_matter, body, warnings = _split_front_matter(text)
+    metadata, body, warnings = _front_matter(text)
     items = _hyperparameter_items(body, source)
-    fields: dict[str, Any] = {"source": source, "base_model": _base_model(front_matter, body)}
+    fields: dict[str, Any] = {"source": source, "base_model": _base_model(metadata, body)}
     fields |= _hyperparameters(items, source, warnings)
     fields |= _results(body, source)
     _fill_totals(fields)
@@ -163,17 +164,25 @@ def parse_card(text: str, source: str) -> CardBaseline:
 # --- card layout -----------------------------------------------------------------------------------------------
 
 
-def _split_front_matter(text: str) -> tuple[dict[str, Any], str, list[str]]:
-    """Cut the YAML front matter off; a broken one only costs the base model, so it is a warning."""
-    match = re.match(r"---\n(.*?)\n---[ \t]*(?:\n|$)", text, re.DOTALL)
-    if match is None:
-        return {}, text, []
-    body = text[match.end() :]
+def _front_matter(text: str) -> tuple[ModelCardData, str, list[str]]:
+    """The card's metadata as huggingface_hub reads it, and the markdown after it.
+
+    A broken front matter only costs the base model (the "fine-tuned version of" sentence names it too), so it is
+    a warning; a card without one is fine.
+    """
+    block = REGEX_YAML_BLOCK.search(text)
+    if block is None:
+        return ModelCardData(), text, []  # asking ModelCard would only log that it found no metadata
     try:
-        data = yaml.safe_load(match.group(1))
+        # Tolerant of a model-index the hub cannot parse: the card is a record of someone else's run.
+        card = ModelCard(text, ignore_metadata_errors=True)
     except yaml.YAMLError:
-        return {}, body, ["The card's YAML front matter is not valid YAML; it was ignored."]
-    return (data if isinstance(data, dict) else {}), body, []
+        problem = "is not valid YAML"
+    except (ValueError, TypeError) as error:
+        problem = f"is not model card metadata ({error})"  # valid YAML, but a list, or `tags: 5`
+    else:
+        return card.data, card.text, []
+    return ModelCardData(), text[block.end() :], [f"The card's YAML front matter {problem}; it was ignored."]
 
 
 def _section(body: str, title: str) -> str | None:
@@ -212,9 +221,9 @@ def _hyperparameter_items(body: str, source: str) -> dict[str, str]:
     return items
 
 
-def _base_model(front_matter: dict[str, Any], body: str) -> str | None:
+def _base_model(metadata: ModelCardData, body: str) -> str | None:
     """The base model from ``base_model:`` in the front matter, else from the "fine-tuned version of" sentence."""
-    declared = front_matter.get("base_model")
+    declared = metadata.base_model
     if isinstance(declared, list) and declared:
         declared = declared[0]  # the hub allows a list (merges); the first is the one fine-tuned
     if isinstance(declared, str) and declared.strip():
@@ -223,91 +232,19 @@ def _base_model(front_matter: dict[str, Any], body: str) -> str | None:
     return sentence.group(1).strip() if sentence else None
 
 
-# --- values ----------------------------------------------------------------------------------------------------
-
-
-def _bad_value(key: str, raw: str, source: str, expected: str) -> CardError:
-    return CardError.single(f"`{key}` is not {expected}", where=f"{source}:{key}", value=raw, fix=BAD_VALUE_FIX)
-
-
-def _number(key: str, raw: str, source: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise _bad_value(key, raw, source, "a number") from None
-    if not math.isfinite(value):
-        raise _bad_value(key, raw, source, "a finite number")
-    return value
-
-
-def _positive_number(key: str, raw: str, source: str) -> float:
-    value = _number(key, raw, source)
-    if value <= 0:
-        raise _bad_value(key, raw, source, "a positive number")
-    return value
-
-
-def _whole_number(key: str, raw: str, source: str) -> int:
-    value = _number(key, raw, source)
-    if not value.is_integer():
-        raise _bad_value(key, raw, source, "a whole number")
-    return int(value)
-
-
-def _positive_whole_number(key: str, raw: str, source: str) -> int:
-    value = _whole_number(key, raw, source)
-    if value < 1:
-        raise _bad_value(key, raw, source, "a whole number of at least 1")
-    return value
-
-
-def _text(key: str, raw: str, source: str) -> str:
-    return raw
-
-
-def _result(key: str, raw: str, source: str) -> float | None:
-    """A reported metric; Trainer writes "No log" when nothing was logged yet."""
-    return None if raw.strip().lower() == "no log" else _number(key, raw, source)
-
-
 # --- training hyperparameters ----------------------------------------------------------------------------------
 
-# Card key → (CardBaseline field, converter). Trainer's `train_batch_size` is the per-device size in DDP runs.
-_SIMPLE_KEYS: dict[str, tuple[str, Callable[[str, str, str], Any]]] = {
-    "learning_rate": ("learning_rate", _positive_number),
-    "train_batch_size": ("per_device_train_batch_size", _positive_whole_number),
-    "eval_batch_size": ("per_device_eval_batch_size", _positive_whole_number),
-    "gradient_accumulation_steps": ("gradient_accumulation_steps", _positive_whole_number),
-    "seed": ("seed", _whole_number),
-    "num_devices": ("num_devices", _positive_whole_number),
-    "total_train_batch_size": ("total_train_batch_size", _positive_whole_number),
-    "total_eval_batch_size": ("total_eval_batch_size", _positive_whole_number),
-    "lr_scheduler_warmup_ratio": ("warmup_ratio", _number),
-    "num_epochs": ("num_train_epochs", _positive_number),
-    "training_steps": ("max_steps", _positive_whole_number),
-    "mixed_precision_training": ("mixed_precision_training", _text),
-    # Not written by Trainer; ftlab's exported cards add them because a sweep may have searched them.
-    "weight_decay": ("weight_decay", _number),
-    "max_grad_norm": ("max_grad_norm", _number),
-}
-# Keys Trainer writes that need no field: the device count is in `num_devices`.
-_IGNORED_KEYS = frozenset({"distributed_type"})
+_LINES = {line.key: line for line in TRAINER_LINES}
 
 
 def _hyperparameters(items: dict[str, str], source: str, warnings: list[str]) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     for key, raw in items.items():
-        if key in _SIMPLE_KEYS:
-            name, convert = _SIMPLE_KEYS[key]
-            fields[name] = convert(key, raw, source)
-        elif key == "optimizer":
-            fields |= _optimizer(raw, source, warnings)
-        elif key == "lr_scheduler_type":
-            fields["lr_scheduler_type"] = _scheduler(raw, warnings)
-        elif key == "lr_scheduler_warmup_steps":
-            fields |= _warmup_steps(key, raw, source)
-        elif key not in _IGNORED_KEYS:
+        line = _LINES.get(key)
+        if line is None:
             warnings.append(f"The card sets {key}: {raw}, which ftlab does not carry over.")
+        else:
+            fields |= line.read(raw, source, warnings)
     if fields.get("warmup_steps") and fields.get("warmup_ratio"):
         # TrainingArguments lets warmup_steps win; ftlab refuses both, so keep the one that was in effect.
         warnings.append(
@@ -316,71 +253,6 @@ def _hyperparameters(items: dict[str, str], source: str, warnings: list[str]) ->
         )
         fields["warmup_ratio"] = None
     return fields
-
-
-def _warmup_steps(key: str, raw: str, source: str) -> dict[str, Any]:
-    """transformers 5 folded warmup_ratio into warmup_steps: a value below 1 is a share of the training steps."""
-    value = _number(key, raw, source)
-    if value < 0:
-        raise _bad_value(key, raw, source, "a non-negative number")
-    if 0 < value < 1:
-        return {"warmup_ratio": value}
-    if not value.is_integer():
-        raise _bad_value(key, raw, source, "a whole number of steps or a ratio below 1")
-    return {"warmup_steps": int(value)}
-
-
-def _scheduler(raw: str, warnings: list[str]) -> str | None:
-    # Some transformers versions printed the enum itself ("SchedulerType.LINEAR").
-    name = raw.removeprefix("SchedulerType.").strip().lower()
-    if name in _SCHEDULERS:
-        return name
-    warnings.append(
-        f"The card's lr_scheduler_type {raw!r} is not one ftlab can run ({', '.join(_SCHEDULERS)}); "
-        "it was left unset, so ftlab's default applies."
-    )
-    return None
-
-
-def _optimizer(raw: str, source: str, warnings: list[str]) -> dict[str, Any]:
-    """The optimizer line in all the shapes Trainer wrote it.
-
-    - ``Adam with betas=(0.9,0.999) and epsilon=1e-08`` (before transformers 4.38): Trainer's "Adam" was AdamW.
-    - ``Adafactor`` (the same era, with ``--adafactor``).
-    - ``Use OptimizerNames.ADAMW_TORCH with betas=... and epsilon=... and optimizer_args=...`` (the enum printed).
-    - ``Use adamw_torch_fused with betas=...`` or ``Use sgd and the args are:`` (the name printed).
-    """
-    fields: dict[str, Any] = {}
-    betas = re.search(r"betas=\(\s*([^,\s)]+)\s*,\s*([^,\s)]+)\s*\)", raw)
-    if betas:
-        fields["adam_beta1"] = _number("optimizer", betas.group(1), source)
-        fields["adam_beta2"] = _number("optimizer", betas.group(2), source)
-    epsilon = re.search(r"epsilon=([^\s,)]+)", raw)
-    if epsilon:
-        fields["adam_epsilon"] = _positive_number("optimizer", epsilon.group(1), source)
-    extra = re.search(r"optimizer_args=(.*)$", raw)
-    if extra and extra.group(1).strip() != "No additional optimizer arguments":
-        warnings.append(
-            f"The card's optimizer has extra arguments ({extra.group(1).strip()}), which ftlab does not carry over."
-        )
-    fields["optim"] = _optimizer_name(raw, warnings)
-    return fields
-
-
-def _optimizer_name(raw: str, warnings: list[str]) -> str | None:
-    if raw.startswith("Adam with"):
-        return "adamw_torch"  # old Trainer built AdamW for "Adam"; torch's AdamW is the same algorithm
-    if raw.strip() == "Adafactor":
-        return "adafactor"
-    named = re.match(r"Use\s+(\S+)", raw)
-    name = named.group(1).removeprefix("OptimizerNames.").lower() if named else raw
-    if name in _OPTIMIZERS:
-        return name
-    warnings.append(
-        f"The card's optimizer {name!r} is not one ftlab can run ({', '.join(_OPTIMIZERS)}); "
-        "optim was left unset, so ftlab's default applies."
-    )
-    return None
 
 
 # --- results ---------------------------------------------------------------------------------------------------
@@ -405,6 +277,11 @@ def _evaluation_list(body: str) -> dict[str, str]:
         return {}
     block = re.match(r"(?:[-*][^\n]*\n?)*", body[intro.end() :])
     return _list_items(block.group(0) if block else "")
+
+
+def _result(key: str, raw: str, source: str) -> float | None:
+    """A reported metric; Trainer writes "No log" when nothing was logged yet."""
+    return None if raw.strip().lower() == "no log" else number(key, raw, source)
 
 
 def _named_results(items: dict[str, str], names: dict[str, str], source: str) -> dict[str, float | None]:

@@ -1,21 +1,24 @@
 """The exported model's README.md: the layout transformers' Trainer writes, plus how the sweep found it.
 
-The hyperparameter list uses Trainer's own keys and formats, so ``ftlab baseline from-card`` (and anyone's tooling for
-Trainer cards) reads the winner's recipe back exactly.
+The hyperparameter list is written by the table ``ftlab baseline from-card`` reads cards with
+(``ftlab.baselines.trainer_format``), in Trainer's own keys and formats, so ftlab (and anyone's tooling for Trainer
+cards) reads the winner's recipe back exactly. The front matter is written by huggingface_hub's ``ModelCardData``.
 """
 
 from __future__ import annotations
 
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import datasets
 import tokenizers
 import torch
 import transformers
+from huggingface_hub import ModelCardData
 
 import ftlab
+from ftlab.baselines.trainer_format import TRAINER_LINES
 from ftlab.config import SweepConfig, TrainConfig
 
 
@@ -36,6 +39,14 @@ class CardFacts:
     mlflow_run_id: str | None
     baseline: dict[str, Any] | None  # the baseline trial's figures (trial, eval_loss, perplexity, params)
     gain: tuple[float | None, float | None]
+    extra_sections: list[str] = field(default_factory=list)
+    """Markdown sections, each starting with a ``## `` or ``### `` heading, placed before "Framework versions"."""
+
+    def __post_init__(self) -> None:
+        for section in self.extra_sections:
+            if not section.startswith(("## ", "### ")):
+                # Without its own heading the text would run on in the section before it.
+                raise ValueError(f"an extra card section must start with a '## ' or '### ' heading, got {section!r}")
 
 
 def _dataset_phrase(sweep: SweepConfig) -> str:
@@ -46,36 +57,18 @@ def _dataset_phrase(sweep: SweepConfig) -> str:
     return "local files (" + ", ".join(data.train_files or []) + ")"
 
 
-def _hyperparameter_lines(train: TrainConfig) -> list[str]:
-    """Trainer's "- key: value" list, in Trainer's order and formats."""
-    lines = [
-        f"- learning_rate: {train.learning_rate}",
-        f"- train_batch_size: {train.per_device_train_batch_size}",
-        f"- eval_batch_size: {train.per_device_eval_batch_size}",
-        f"- seed: {train.seed}",
-    ]
-    if train.gradient_accumulation_steps > 1:
-        lines.append(f"- gradient_accumulation_steps: {train.gradient_accumulation_steps}")
-        lines.append(f"- total_train_batch_size: {train.total_train_batch_size}")
-    lines.append(
-        f"- optimizer: Use {train.optim} with betas=({train.adam_beta1},{train.adam_beta2}) and "
-        f"epsilon={train.adam_epsilon} and optimizer_args=No additional optimizer arguments"
+def _front_matter(facts: CardFacts) -> str:
+    """The YAML metadata block, with Trainer's keys; ``model-index`` names the model, with no eval results."""
+    metadata = ModelCardData(
+        library_name="transformers",
+        base_model=facts.sweep.model.name_or_path,
+        tags=["generated_from_trainer", "ftlab"],
+        model_name=facts.model_name,
+        # An empty list, not None, is what makes ModelCardData write `model-index: [{name, results: []}]` as Trainer
+        # does; an EvalResult would need a hub dataset id and task, which local files do not have.
+        eval_results=[],
     )
-    lines.append(f"- lr_scheduler_type: {train.lr_scheduler_type}")
-    if train.warmup_ratio > 0:
-        lines.append(f"- lr_scheduler_warmup_ratio: {train.warmup_ratio}")
-    if train.warmup_steps > 0:
-        lines.append(f"- lr_scheduler_warmup_steps: {train.warmup_steps}")
-    if train.max_steps > 0:
-        lines.append(f"- training_steps: {train.max_steps}")
-    else:
-        lines.append(f"- num_epochs: {train.num_train_epochs}")
-    # Not in Trainer's list, but part of the recipe a sweep may have searched: keep them so the card is complete.
-    lines.append(f"- weight_decay: {train.weight_decay}")
-    lines.append(f"- max_grad_norm: {train.max_grad_norm}")
-    if train.bf16:
-        lines.append("- mixed_precision_training: Native AMP")
-    return lines
+    return f"---\n{metadata.to_yaml()}\n---\n"
 
 
 def render_card(facts: CardFacts) -> str:
@@ -85,17 +78,7 @@ def render_card(facts: CardFacts) -> str:
     base_link = base if base.startswith("demo://") else f"[{base}](https://huggingface.co/{base})"
     absolute, relative = facts.gain
     lines = [
-        "---",
-        "library_name: transformers",
-        f"base_model: {base}",
-        "tags:",
-        "- generated_from_trainer",
-        "- ftlab",
-        "model-index:",
-        f"- name: {facts.model_name}",
-        "  results: []",
-        "---",
-        "",
+        _front_matter(facts),
         f"# {facts.model_name}",
         "",
         f"This model is a fine-tuned version of {base_link} on {_dataset_phrase(sweep)}.",
@@ -112,7 +95,7 @@ def render_card(facts: CardFacts) -> str:
         "### Training hyperparameters",
         "",
         "The following hyperparameters were used during training:",
-        *_hyperparameter_lines(train),
+        *(line for entry in TRAINER_LINES if (line := entry.write(train)) is not None),
         "",
         "### Training results",
         "",
@@ -142,6 +125,8 @@ def render_card(facts: CardFacts) -> str:
         ]
         if absolute is not None and relative is not None:
             lines += ["", f"Gain over the baseline: {absolute:.4f} ({relative:+.1%}) on {sweep.objectives[0].metric}."]
+    for section in facts.extra_sections:
+        lines += ["", section.rstrip("\n")]
     lines += [
         "",
         "### Framework versions",
