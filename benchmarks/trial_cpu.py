@@ -6,7 +6,7 @@ Run from the repo root (a few minutes on two cores; ``--quick`` is the same path
     python -m benchmarks.trial_cpu --quick       # 1 repeat, few steps: checks the script, not the machine
 
 Everything uses the demo: the tiny GPT-2 of ``demo://tiny-gpt2`` (built once under ``$FTLAB_HOME``) fine-tuned on
-``sweeps/demo.yaml``'s data with its baseline settings. Five figures, each against a target:
+``sweeps/demo.yaml``'s data with its baseline settings. Six figures, each against a target:
 
 - ``ratio_tokens_per_s``: steady-state training tokens/s of ``ftlab.training.loop.train`` over a plain Trainer script
   with the same hyperparameters (learning rate, batch, accumulation, schedule, warm-up, optimizer, clipping, seed,
@@ -19,6 +19,8 @@ Everything uses the demo: the tiny GPT-2 of ``demo://tiny-gpt2`` (built once und
   The end is the MLflow timestamp of the step-1 ``train/loss`` (``logging_steps=1``); the start is the trial's MLflow
   run creation (the sweep creates it just before starting the process) or the parent's clock at ``subprocess`` spawn.
 - ``prepare_data_cache_hit_s``: ``ftlab.data.prepare_data`` again once the cache holds the blocks; median.
+- ``demo_assets_hit_s``: ``ftlab.demo.ensure_demo_assets`` once the demo assets are built (what every ``load_sweep`` of
+  a sweep file with ``demo://`` names pays); median.
 - ``tracking_overhead``: 1 - (steps/s of ``train`` with ``ftlab.tracking.MlflowCallback`` on a SQLite MLflow store) /
   (steps/s without), the demo's own settings (eval every 16k tokens, log every 5 steps), the run ended (queued
   metrics sent) inside the timed region; runs alternate; medians.
@@ -65,7 +67,7 @@ from benchmarks._common import (
 from ftlab.config import SweepConfig, TrainConfig, load_sweep
 from ftlab.console import quiet_libraries
 from ftlab.data import PreparedData, prepare_data
-from ftlab.demo import resolve
+from ftlab.demo import ensure_demo_assets
 from ftlab.settings import resolve_train_config
 from ftlab.tracking import MlflowCallback, RunTracker, get_or_create_experiment
 from ftlab.training.callbacks import TrainPlan
@@ -82,6 +84,7 @@ TARGETS = {  # figure → (bound, "min" or "max", unit)
     "fixed_cost_fork_s": (3.0, "max", "s"),
     "fixed_cost_cold_s": (3.0, "max", "s"),
     "prepare_data_cache_hit_s": (0.5, "max", "s"),
+    "demo_assets_hit_s": (0.1, "max", "s"),
     "tracking_overhead": (0.02, "max", "fraction of steps/s"),
 }
 
@@ -134,11 +137,11 @@ class Setup:
 
 
 def make_setup(work: Path, started: float) -> Setup:
-    sweep = load_sweep(DEMO_SWEEP)
+    sweep = load_sweep(DEMO_SWEEP)  # builds the demo assets if this FTLAB_HOME has none
     # Our own data cache, so that the first preparation is a real miss and nothing lands in the repository.
     data = sweep.data.model_copy(update={"cache_dir": str(work / "data-cache")})
     sweep = sweep.model_copy(update={"data": data})
-    progress(NAME, started, f"demo assets at {resolve(sweep.model.name_or_path)}")
+    progress(NAME, started, f"demo assets at {sweep.model.name_or_path}")
     tokenizer = load_tokenizer(sweep)
     store = work / "mlruns"
     store.mkdir(parents=True, exist_ok=True)
@@ -173,6 +176,18 @@ def bench_data(setup: Setup, hits: int) -> tuple[PreparedData, dict[str, Any]]:
         "validation_blocks": len(data.validation),
         "block_size": setup.sweep.data.block_size,
     }
+
+
+def bench_demo(setup: Setup, hits: int) -> dict[str, Any]:
+    """``hits`` calls of ``ensure_demo_assets`` that find the assets ``load_sweep`` made sure of."""
+    hit_s = []
+    for _ in range(hits):
+        started = time.perf_counter()
+        assets = ensure_demo_assets()
+        hit_s.append(time.perf_counter() - started)
+        assert not assets.built, "load_sweep should have built the demo assets"
+    progress(NAME, setup.started, f"demo assets: hit median {median(hit_s):.4f} s")
+    return {"hit_s": hit_s, "hit_median_s": median(hit_s)}
 
 
 # --- throughput: ftlab against Trainer ----------------------------------------------------------------------------
@@ -222,7 +237,7 @@ def trainer_arguments(config: TrainConfig, output_dir: str) -> TrainingArguments
 
 
 def run_trainer(setup: Setup, config: TrainConfig, dataset: datasets.Dataset) -> tuple[list[tuple[int, float]], str]:
-    model = AutoModelForCausalLM.from_pretrained(resolve(setup.sweep.model.name_or_path))
+    model = AutoModelForCausalLM.from_pretrained(setup.sweep.model.name_or_path)
     clock = StepClock("trainer", config.max_steps, setup.started)
     with tempfile.TemporaryDirectory(dir=setup.work) as output_dir:
         args = trainer_arguments(config, output_dir)
@@ -519,6 +534,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--steps", type=int, default=30, help=f"steps timed after the warm-up (a multiple of {LOG_EVERY})"
     )
     parser.add_argument("--data-repeats", type=int, default=7, help="prepare_data calls that hit the cache")
+    parser.add_argument("--demo-repeats", type=int, default=7, help="ensure_demo_assets calls on built assets")
     parser.add_argument("--cold-repeats", type=int, default=3, help="cold `ftlab train` processes")
     parser.add_argument("--fork-trials", type=int, default=5, help="trials of the sweep (the first starts the server)")
     parser.add_argument("--quick", action="store_true", help="1 repeat of everything and few steps: tests the script")
@@ -526,8 +542,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.repeats = args.tracking_repeats = args.cold_repeats = 1
-        args.steps, args.data_repeats, args.fork_trials = 10, 3, 2
-    for name in ("repeats", "tracking_repeats", "steps", "data_repeats", "cold_repeats"):
+        args.steps, args.data_repeats, args.demo_repeats, args.fork_trials = 10, 3, 3, 2
+    for name in ("repeats", "tracking_repeats", "steps", "data_repeats", "demo_repeats", "cold_repeats"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, but got {getattr(args, name)}")
     if args.fork_trials < 2:
@@ -558,6 +574,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         data, phases["data"] = bench_data(setup, args.data_repeats)
         values["prepare_data_cache_hit_s"] = phases["data"]["hit_median_s"]
+        phases["demo"] = bench_demo(setup, args.demo_repeats)
+        values["demo_assets_hit_s"] = phases["demo"]["hit_median_s"]
         if out := phase("throughput", bench_throughput, setup, data, args.repeats, args.warmup_steps, args.steps):
             phases["throughput"], values["ratio_tokens_per_s"] = out
         tracking_steps = 10 if args.quick else None
@@ -579,6 +597,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "warmup_steps": args.warmup_steps,
             "steps": args.steps,
             "data_repeats": args.data_repeats,
+            "demo_repeats": args.demo_repeats,
             "cold_repeats": args.cold_repeats,
             "fork_trials": args.fork_trials,
         },

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ftlab.errors import MISSING, ConfigError, Problem
+from ftlab.paths import DATA_CACHE_DIR, TRIALS_DIR
 
 
 class StrictModel(BaseModel):
@@ -59,7 +60,7 @@ class DataConfig(StrictModel):
     """Keep at most this many training blocks (for quick sweeps)."""
     max_eval_blocks: int | None = Field(default=None, ge=1)
     """Keep at most this many validation blocks."""
-    cache_dir: str = ".ftlab/cache/data"
+    cache_dir: str = str(DATA_CACHE_DIR)
     """Where tokenized, packed splits are cached, keyed by a fingerprint of source, tokenizer and settings."""
 
     @model_validator(mode="after")
@@ -115,7 +116,7 @@ class TrainConfig(StrictModel):
     gradient_checkpointing: bool = False
     torch_compile: bool = False
     """Compile each decoder block with torch.compile (seconds of warm-up; measure it with benchmarks/gpu_xl)."""
-    output_dir: str = ".ftlab/trials"
+    output_dir: str = str(TRIALS_DIR)
     """Where trials keep checkpoints and their final model."""
 
     @model_validator(mode="after")
@@ -376,11 +377,14 @@ def parse_sweep(data: Any, source: str = "<sweep>") -> SweepConfig:
 
 
 def load_sweep(path: str | Path) -> SweepConfig:
-    """Read and validate a sweep file.
+    """Read and validate a sweep file, and turn its ``demo://`` names into local paths (building the demo once).
 
     Raises:
         ConfigError: the file is missing, is not YAML, or does not match the schema (all problems listed).
+        UserError: a ``demo://`` name that is no demo asset.
     """
+    from ftlab.demo import resolve_demo_uris  # lazily: `import ftlab.config` stays cheap
+
     path = Path(path)
     if not path.is_file():
         raise ConfigError.single("sweep file not found", where=str(path), fix="check the path")
@@ -388,4 +392,4 @@ def load_sweep(path: str | Path) -> SweepConfig:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise ConfigError.single(f"not valid YAML: {error}", where=str(path), fix="fix the YAML syntax") from None
-    return parse_sweep(data, str(path))
+    return resolve_demo_uris(parse_sweep(data, str(path)), source=str(path))

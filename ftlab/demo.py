@@ -8,9 +8,11 @@ on two CPU cores, and kept under ``$FTLAB_HOME/demo`` (default ``~/.cache/ftlab/
   byte-level BPE tokenizer) holding a 2-layer GPT-2 briefly pre-trained on the standard library's *source code*, so
   fine-tuning it on the help topics is a real domain shift (code to prose) that a sweep can improve on.
 
-Sweep files use the ``demo://`` names wherever a model path or data file goes; :func:`resolve` turns them into paths.
-Several processes (parallel sweep workers) may ask for the assets at once: one builds them under a file lock into a
-staging folder and renames it into place, and a marker file written last says the build is complete.
+Sweep files use the ``demo://`` names wherever a model path or data file goes; ``load_sweep`` calls
+:func:`resolve_demo_uris` right after reading the file, so the rest of ftlab only ever sees local paths. The whole
+demo folder is built once with :func:`ftlab.fileio.build_once`: several processes (parallel sweep workers) may ask for
+the assets at once, one builds them under ``$FTLAB_HOME/demo.lock`` into a staging folder that is renamed into place,
+and a marker file written last into it says the build is complete.
 """
 
 from __future__ import annotations
@@ -19,22 +21,24 @@ import json
 import logging
 import math
 import os
-import shutil
 import sysconfig
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from filelock import FileLock, Timeout
+from filelock import Timeout
 
 from ftlab.errors import UserError
+from ftlab.fileio import atomic_write_json, build_once
+from ftlab.paths import demo_dir
 
 if TYPE_CHECKING:  # torch and transformers are imported only when building, so `import ftlab.demo` stays fast
     import torch
     from tokenizers import Tokenizer
     from transformers import GPT2LMHeadModel
+
+    from ftlab.config import SweepConfig
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +54,7 @@ EOS_TOKEN = "<|endoftext|>"
 
 # Bump when the build code changes its output in a way the recipe below does not show, so old homes rebuild.
 _BUILD_FORMAT = 1
-_LOCK_FILENAME = ".build.lock"
-_STAGING_PREFIX = ".staging-"
+_ASSET_FIELDS = {DEMO_MODEL: "model_dir", DEMO_TEXT: "text_file"}  # demo:// name → DemoAssets attribute
 _LOCK_TIMEOUT_S = 600.0  # a build takes seconds; a lock held this long means a hung process, not a slow one
 
 
@@ -102,17 +105,6 @@ class DemoAssets:
     built: bool  # whether this call built them
 
 
-def ftlab_home() -> Path:
-    """Return ftlab's folder for assets and caches: ``$FTLAB_HOME`` if set, else ``~/.cache/ftlab``."""
-    home = os.environ.get("FTLAB_HOME")
-    return Path(home).expanduser() if home else Path.home() / ".cache" / "ftlab"
-
-
-def demo_dir() -> Path:
-    """Return the folder that holds the demo assets, ``ftlab_home() / "demo"``."""
-    return ftlab_home() / "demo"
-
-
 def is_demo_uri(value: str) -> bool:
     """Return whether ``value`` names a demo asset (starts with ``demo://``)."""
     return isinstance(value, str) and value.startswith(DEMO_SCHEME)
@@ -132,13 +124,50 @@ def resolve(value: str) -> str:
     """
     if not is_demo_uri(value):
         return value
-    known = {DEMO_MODEL: "model_dir", DEMO_TEXT: "text_file"}
-    if value not in known:
-        # Checked before building, so a typo costs nothing.
+    _check_known(value)
+    return str(getattr(ensure_demo_assets(), _ASSET_FIELDS[value]))
+
+
+def resolve_demo_uris(sweep: SweepConfig, *, source: str | None = None) -> SweepConfig:
+    """Return a copy of ``sweep`` whose ``demo://`` names are local paths, building the demo assets on first use.
+
+    Looks at ``model.name_or_path``, ``model.tokenizer``, ``data.train_files`` and ``data.validation_files``; a sweep
+    without ``demo://`` names is returned as it is, and nothing is built.
+
+    Args:
+        sweep: a validated sweep.
+        source: the sweep file, named in errors before the key.
+
+    Raises:
+        UserError: a ``demo://`` name that is no demo asset, naming the key; raised before anything is built.
+    """
+    prefix = f"{source}:" if source else ""
+    model = {"name_or_path": sweep.model.name_or_path, "tokenizer": sweep.model.tokenizer}
+    data = {"train_files": sweep.data.train_files, "validation_files": sweep.data.validation_files}
+    uris = {f"{prefix}model.{key}": value for key, value in model.items() if value is not None and is_demo_uri(value)}
+    for key, values in data.items():
+        uris |= {
+            f"{prefix}data.{key}[{index}]": value for index, value in enumerate(values or []) if is_demo_uri(value)
+        }
+    if not uris:
+        return sweep
+    for where, value in uris.items():  # every name checked before the first one builds the assets
+        _check_known(value, where)
+    model = {key: value if value is None else resolve(value) for key, value in model.items()}
+    data = {key: None if values is None else [resolve(value) for value in values] for key, values in data.items()}
+    return sweep.model_copy(
+        update={"model": sweep.model.model_copy(update=model), "data": sweep.data.model_copy(update=data)}
+    )
+
+
+def _check_known(value: str, where: str | None = None) -> None:
+    if value not in _ASSET_FIELDS:
         raise UserError.single(
-            "unknown demo asset", value=value, fix=f"use {DEMO_MODEL} (model) or {DEMO_TEXT} (training text)"
+            "unknown demo asset",
+            where=where,
+            value=value,
+            fix=f"use {DEMO_MODEL} (model) or {DEMO_TEXT} (training text)",
         )
-    return str(getattr(ensure_demo_assets(), known[value]))
 
 
 def ensure_demo_assets(force: bool = False) -> DemoAssets:
@@ -158,34 +187,24 @@ def ensure_demo_assets(force: bool = False) -> DemoAssets:
     """
     start = time.perf_counter()
     root = demo_dir()
-    if not force and _is_complete(root):  # the common case: no lock, no imports of torch
-        return _assets(root, start, built=False)
-    root.mkdir(parents=True, exist_ok=True)
-    lock_path = root / _LOCK_FILENAME
     try:
-        with FileLock(lock_path, timeout=_LOCK_TIMEOUT_S):
-            # Another process may have finished the build while this one waited for the lock.
-            if not force and _is_complete(root):
-                return _assets(root, start, built=False)
-            _build_in_place(root)
-    except Timeout:
+        # A complete build is found without a lock and without importing torch: the common case.
+        built = build_once(root, _build, _is_complete, force=force, lock_timeout=_LOCK_TIMEOUT_S)
+    except Timeout as error:
         raise UserError.single(
             f"another process has been building the demo assets for over {_LOCK_TIMEOUT_S:.0f} s",
-            where=str(lock_path),
+            where=error.lock_file,
             fix="stop the stuck ftlab process, or set FTLAB_HOME to another folder",
         ) from None
-    assets = _assets(root, start, built=True)
-    logger.info("Built the ftlab demo assets in %s in %.1f s", root, assets.seconds)
-    return assets
-
-
-def _assets(root: Path, start: float, *, built: bool) -> DemoAssets:
-    return DemoAssets(
+    assets = DemoAssets(
         model_dir=root / MODEL_DIRNAME,
         text_file=root / TEXT_FILENAME,
         seconds=time.perf_counter() - start,
         built=built,
     )
+    if built:
+        logger.info("Built the ftlab demo assets in %s in %.1f s", root, assets.seconds)
+    return assets
 
 
 def _is_complete(root: Path) -> bool:
@@ -202,24 +221,12 @@ def _is_complete(root: Path) -> bool:
     )
 
 
-def _build_in_place(root: Path) -> None:
-    """Build into a staging folder, then rename the assets into ``root``; call only while holding the lock."""
-    (root / MARKER_FILENAME).unlink(missing_ok=True)  # first, so a rebuild is never mistaken for complete
-    for stale in root.glob(_STAGING_PREFIX + "*"):  # left by a build that was killed; the lock says none is running
-        shutil.rmtree(stale, ignore_errors=True)
-    logger.info("Building the ftlab demo assets in %s (once, about 15 s)", root)
+def _build(staging: Path) -> None:
+    """Build the assets into ``staging``, the marker last; ``build_once`` renames it into place."""
+    logger.info("Building the ftlab demo assets in %s (once, about 15 s)", demo_dir())
     start = time.perf_counter()
-    staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=root))  # same filesystem, so renames are atomic
-    try:
-        _build_assets(staging)
-        for name in (MODEL_DIRNAME, TEXT_FILENAME):
-            target = root / name
-            if target.exists():  # a forced rebuild: POSIX cannot rename a folder over a non-empty one
-                os.replace(target, staging / f"old-{name}")
-            os.replace(staging / name, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    _write_json_atomically(root / MARKER_FILENAME, _marker(time.perf_counter() - start))
+    _build_assets(staging)
+    atomic_write_json(staging / MARKER_FILENAME, _marker(time.perf_counter() - start), indent=2)
 
 
 def _marker(seconds: float) -> dict[str, Any]:
@@ -239,12 +246,6 @@ def _marker(seconds: float) -> dict[str, Any]:
     }
 
 
-def _write_json_atomically(path: Path, data: dict[str, Any]) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(partial, path)
-
-
 def _build_assets(staging: Path, recipe: DemoRecipe = RECIPE) -> None:
     """Write ``staging/pydoc-topics.txt`` and the pre-trained model folder ``staging/tiny-gpt2``."""
     from transformers import GPT2TokenizerFast
@@ -258,7 +259,7 @@ def _build_assets(staging: Path, recipe: DemoRecipe = RECIPE) -> None:
 
     model_dir = staging / MODEL_DIRNAME
     model.save_pretrained(model_dir, safe_serialization=True)
-    _write_json_atomically(model_dir / PRETRAINING_FILENAME, metrics)
+    atomic_write_json(model_dir / PRETRAINING_FILENAME, metrics, indent=2)
     # GPT-2 has no padding token; padding with end-of-text is the usual choice and keeps the vocabulary unchanged.
     GPT2TokenizerFast(
         tokenizer_object=tokenizer,

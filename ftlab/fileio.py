@@ -8,6 +8,7 @@ that fails (a crash, a full disk) leaves no temporary file behind.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import uuid
@@ -16,7 +17,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
+
+logger = logging.getLogger(__name__)
 
 
 def _sibling(path: Path, tag: str) -> Path:
@@ -84,20 +87,31 @@ def build_once(
     ``build(staging)`` fills an empty staging folder; ``is_complete(folder)`` says whether a folder holds a finished
     build (usually: a marker file that ``build`` writes last). Several processes may call this at once: one builds,
     under a lock file beside ``target``, the others wait and then find the build complete. A complete build is read
-    without taking the lock. A build that crashed leaves only its staging folder, which the next builder removes.
+    without taking the lock. A build that crashed leaves only its staging folder (or the previous build moved aside),
+    which the next builder removes.
 
     Raises:
-        filelock.Timeout: another process held the lock for longer than ``lock_timeout`` seconds (-1: wait forever).
+        filelock.Timeout: another process held the lock for longer than ``lock_timeout`` seconds (-1: wait forever);
+            its ``lock_file`` names the lock.
     """
     if not force and is_complete(target):
         return False
     target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target.with_name(target.name + ".lock")), timeout=lock_timeout):
+    lock = FileLock(str(target.with_name(target.name + ".lock")))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:  # say why this call is slow before it blocks
+        logger.info("Waiting for another process that is building %s (lock %s)", target, lock.lock_file)
+        lock.acquire(timeout=lock_timeout)
+    try:
         if not force and is_complete(target):  # another process finished it while this one waited
             return False
-        for leftover in target.parent.glob(f".{target.name}.tmp-*"):  # the lock says no build is running
-            _remove(leftover)
+        for tag in ("tmp", "old"):  # the lock says no build is running, so these are a crashed build's
+            for leftover in target.parent.glob(f".{target.name}.{tag}-*"):
+                _remove(leftover)
         with atomic_path(target) as staging:
             staging.mkdir()
             build(staging)
+    finally:
+        lock.release()
     return True
