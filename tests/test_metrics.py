@@ -10,7 +10,8 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from ftlab.config import TrainConfig
-from ftlab.training.callbacks import TrainingCallback
+from ftlab.training.callbacks import CallbackList, TrainingCallback
+from ftlab.training.faults import fault_callbacks
 from ftlab.training.loop import NonFiniteLossError, NotEnoughDataError, train
 from ftlab.training.metrics import IGNORE_INDEX, evaluate, perplexity, sum_token_nll
 from ftlab.training.runtime import Runtime
@@ -122,9 +123,10 @@ def test_final_eval_loss_and_perplexity_are_reported() -> None:
 
 def test_nan_loss_stops_training(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FTLAB_INJECT_FAULT", "nan_at_step=2")
+    model = tiny_model()
     config = TrainConfig(per_device_train_batch_size=4, max_steps=5, logging_steps=1)
     with pytest.raises(NonFiniteLossError, match="step 2"):
-        train(tiny_model(), random_blocks(12), random_blocks(4, seed=2), config, CPU)
+        train(model, random_blocks(12), random_blocks(4, seed=2), config, CPU, CallbackList(fault_callbacks(model)))
 
 
 def test_too_little_data_for_one_step_is_a_clear_error() -> None:

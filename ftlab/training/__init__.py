@@ -1,1 +1,2 @@
-"""Training: the loop, its metrics, optimizer and schedule, checkpoints. Imports neither Optuna nor MLflow."""
+"""Training: the loop and its state, metrics, optimizer and schedule, checkpoints, the out-of-memory retry and the
+tests' fault injection. Imports neither Optuna nor MLflow."""

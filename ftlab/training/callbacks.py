@@ -1,6 +1,7 @@
 """How the training loop reports to the outside world without importing Optuna or MLflow.
 
-The loop calls these hooks; the sweep (Optuna pruning), the tracker (MLflow) and the live view implement them.
+The loop calls these hooks; the sweep (Optuna pruning), the tracker (MLflow), the live view and the tests' fault
+injection (``ftlab.training.faults``) implement them.
 A hook may raise to stop training (for example the sweep's pruning decision); the loop lets it propagate.
 """
 
@@ -59,14 +60,20 @@ class TrainingCallback:
     def on_train_begin(self, plan: TrainPlan) -> None:
         """Called once the optimizer and schedule exist, before the first step."""
 
+    def on_step_begin(self, step: int) -> None:
+        """Called before optimizer step ``step`` (counted from 1) runs its first micro-batch."""
+
     def on_log(self, step: int, metrics: dict[str, float]) -> None:
         """Called every ``logging_steps`` optimizer steps with ``train/*`` and ``perf/*`` metrics."""
 
     def on_evaluate(self, step: int, tokens_seen: int, metrics: dict[str, float]) -> None:
         """Called after each evaluation with ``eval/*`` metrics; raise to stop (e.g. pruning)."""
 
+    def on_checkpoint_begin(self, step: int, path: str) -> None:
+        """Called before the resumable training state of ``step`` is written to ``path``."""
+
     def on_checkpoint(self, step: int, path: str) -> None:
-        """Called after a checkpoint was written completely."""
+        """Called after a checkpoint (the resumable state, or the best model so far) was written completely."""
 
     def on_train_end(self, result: TrainResult) -> None:
         """Called once training finished normally."""
@@ -82,6 +89,10 @@ class CallbackList(TrainingCallback):
         for callback in self.callbacks:
             callback.on_train_begin(plan)
 
+    def on_step_begin(self, step: int) -> None:
+        for callback in self.callbacks:
+            callback.on_step_begin(step)
+
     def on_log(self, step: int, metrics: dict[str, float]) -> None:
         for callback in self.callbacks:
             callback.on_log(step, metrics)
@@ -89,6 +100,10 @@ class CallbackList(TrainingCallback):
     def on_evaluate(self, step: int, tokens_seen: int, metrics: dict[str, float]) -> None:
         for callback in self.callbacks:
             callback.on_evaluate(step, tokens_seen, metrics)
+
+    def on_checkpoint_begin(self, step: int, path: str) -> None:
+        for callback in self.callbacks:
+            callback.on_checkpoint_begin(step, path)
 
     def on_checkpoint(self, step: int, path: str) -> None:
         for callback in self.callbacks:

@@ -1,51 +1,37 @@
-"""Checkpoints written whole or not at all: a crash mid-write never leaves a directory that looks complete."""
+"""Checkpoints written whole or not at all: a crash mid-write never leaves a file or folder that looks complete.
+
+Both kinds go through :func:`ftlab.fileio.atomic_path`: written under a temporary sibling name that no reader looks
+for, then renamed into place.
+"""
 
 from __future__ import annotations
 
-import io
-import os
-import shutil
-import signal
-import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ftlab.fileio import atomic_path
+
 
 def save_model_atomically(model: torch.nn.Module, target: Path) -> None:
-    """``save_pretrained`` into a temporary sibling folder, then swap it in with renames.
+    """``save_pretrained`` into a temporary sibling folder, then rename it to ``target``.
 
-    Readers only ever see the previous complete model or the new complete one, because a rename within one
-    filesystem is atomic and the temporary folder carries a name no reader looks for.
+    A reader finds the previous complete model or the new complete one, never a partial one. A folder cannot be
+    renamed over a non-empty folder, so the previous one is first moved aside: for the instant between those two
+    renames ``target`` does not exist.
     """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
-    model.save_pretrained(staging, safe_serialization=True)  # type: ignore[operator]
-    retired = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-    if target.exists():
-        os.replace(target, retired)
-    os.replace(staging, target)
-    shutil.rmtree(retired, ignore_errors=True)
+    with atomic_path(target) as staging:
+        model.save_pretrained(staging, safe_serialization=True)  # type: ignore[operator]
 
 
-def save_training_state(state: dict[str, Any], path: Path, kill_midway: bool = False) -> None:
-    """Write a resumable training state whole or not at all: a temporary file first, then an atomic rename.
+def save_training_state(state: dict[str, Any], path: Path) -> None:
+    """Write a resumable training state (a ``TrainState.state_dict()``) to ``path``, replacing the previous one.
 
-    ``kill_midway`` is a test hook: the process SIGKILLs itself after writing half the bytes, as a machine that dies
-    mid-write would, to prove that a half-written checkpoint is never loaded.
+    The file is renamed over the previous one in one step, so ``path`` always holds a complete state once one exists.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    if kill_midway:
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        staging.write_bytes(buffer.getvalue()[: buffer.tell() // 2])
-        os.kill(os.getpid(), signal.SIGKILL)
-    torch.save(state, staging)
-    os.replace(staging, path)
+    with atomic_path(path) as staging:
+        torch.save(state, staging)
 
 
 def load_training_state(path: Path | None) -> dict[str, Any] | None:

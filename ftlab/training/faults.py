@@ -1,0 +1,143 @@
+"""Faults injected on purpose, so that tests can prove a sweep survives them: out of memory, a NaN loss, a segfault,
+and a SIGKILL halfway through writing a checkpoint.
+
+The training loop knows nothing of them. They are training callbacks (and one forward hook) that the trial process
+installs from outside: ``train(..., callback=CallbackList([..., *fault_callbacks(model)]))``. Which faults, at which
+step and in which trial is read from ``FTLAB_INJECT_FAULT`` (see :class:`InjectedFaults`); unset in normal use, when
+``fault_callbacks`` returns no callback at all.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ftlab.fileio import atomic_path
+from ftlab.training.callbacks import TrainingCallback, TrainPlan
+
+
+@dataclass(frozen=True)
+class InjectedFaults:
+    """Faults the tests inject through ``FTLAB_INJECT_FAULT`` to prove the sweep survives them.
+
+    Format: comma-separated ``oom_at_step=N``, ``oom_above_batch=B`` (raise CUDA OOM at step N while the micro-batch
+    is larger than B), ``nan_at_step=N`` (make the loss NaN at step N), ``segfault_at_step=N`` (kill the process with
+    SIGSEGV at step N), ``kill_in_checkpoint_at_step=N`` (SIGKILL halfway through writing step N's checkpoint),
+    ``trial=K`` (only in sweep trial number K, read from ``FTLAB_TRIAL_NUMBER``). Groups separated by ``;`` give
+    different trials different faults: ``nan_at_step=3,trial=1;segfault_at_step=2,trial=2``. Unset in normal use.
+    """
+
+    oom_at_step: int | None = None
+    oom_above_batch: int = 0
+    nan_at_step: int | None = None
+    segfault_at_step: int | None = None
+    kill_in_checkpoint_at_step: int | None = None
+    trial: int | None = None
+
+    @classmethod
+    def from_env(cls) -> InjectedFaults:
+        """The first group of ``FTLAB_INJECT_FAULT`` meant for this process's trial; no faults if none is."""
+        for group in os.environ.get("FTLAB_INJECT_FAULT", "").split(";"):
+            items = (item.split("=", 1) for item in group.split(",") if "=" in item)
+            faults = cls(**{key.strip(): int(value) for key, value in items})
+            if faults.trial is None or str(faults.trial) == os.environ.get("FTLAB_TRIAL_NUMBER"):
+                return faults
+        return cls()
+
+
+class OutOfMemoryInjector(TrainingCallback):
+    """Raises CUDA's out-of-memory error as step ``step`` begins, while the micro-batch is larger than ``above_batch``.
+
+    The OOM retry halves the micro-batch, so a low enough ``above_batch`` lets the retried attempt through.
+    """
+
+    def __init__(self, step: int, above_batch: int) -> None:
+        self.step = step
+        self.above_batch = above_batch
+        self.micro_batch = 0
+
+    def on_train_begin(self, plan: TrainPlan) -> None:
+        self.micro_batch = plan.per_device_train_batch_size
+
+    def on_step_begin(self, step: int) -> None:
+        if step == self.step and self.micro_batch > self.above_batch:
+            raise torch.cuda.OutOfMemoryError(f"injected by FTLAB_INJECT_FAULT at step {step}")
+
+
+class SegfaultInjector(TrainingCallback):
+    """Kills the process with SIGSEGV as step ``step`` begins, as a crash in native code would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_begin(self, step: int) -> None:
+        if step == self.step:
+            os.kill(os.getpid(), signal.SIGSEGV)
+
+
+class NanLossInjector(TrainingCallback):
+    """Makes the training loss NaN in every forward pass of step ``step``, through a forward hook on ``model``.
+
+    The NaN reaches the gradients and the logged loss exactly as a diverging run's would, so the loop's own check
+    ends training with ``NonFiniteLossError`` at its next log. Evaluation (the model in eval mode) is left alone.
+    """
+
+    def __init__(self, model: torch.nn.Module, step: int) -> None:
+        self.step = step
+        self.current_step = 0
+        model.register_forward_hook(self._poison_loss)
+
+    def on_step_begin(self, step: int) -> None:
+        self.current_step = step
+
+    def _poison_loss(self, module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        if module.training and self.current_step == self.step and output.loss is not None:
+            output.loss = output.loss * math.nan
+        return output
+
+
+class TornCheckpointInjector(TrainingCallback):
+    """SIGKILLs the process halfway through writing step ``step``'s checkpoint, as a machine dying mid-write would.
+
+    Half of a serialized model lands in the real staging file (through the same ``atomic_path`` the checkpoint
+    writer uses), so a test can prove that a torn checkpoint is never loaded and the previous complete one is.
+    """
+
+    def __init__(self, model: torch.nn.Module, step: int) -> None:
+        self.model = model
+        self.step = step
+
+    def on_checkpoint_begin(self, step: int, path: str) -> None:
+        if step != self.step:
+            return
+        buffer = io.BytesIO()
+        torch.save(self.model.state_dict(), buffer)
+        with atomic_path(Path(path)) as staging:
+            staging.write_bytes(buffer.getvalue()[: buffer.tell() // 2])
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def fault_callbacks(model: torch.nn.Module) -> list[TrainingCallback]:
+    """The callbacks that inject the faults ``FTLAB_INJECT_FAULT`` asks of this trial into training ``model``.
+
+    Returns [] when the variable is unset or names no fault for this trial (``FTLAB_TRIAL_NUMBER``).
+    """
+    faults = InjectedFaults.from_env()
+    callbacks: list[TrainingCallback] = []
+    # A segfault and an OOM at the same step: the segfault comes first.
+    if faults.segfault_at_step is not None:
+        callbacks.append(SegfaultInjector(faults.segfault_at_step))
+    if faults.oom_at_step is not None:
+        callbacks.append(OutOfMemoryInjector(faults.oom_at_step, faults.oom_above_batch))
+    if faults.nan_at_step is not None:
+        callbacks.append(NanLossInjector(model, faults.nan_at_step))
+    if faults.kill_in_checkpoint_at_step is not None:
+        callbacks.append(TornCheckpointInjector(model, faults.kill_in_checkpoint_at_step))
+    return callbacks
