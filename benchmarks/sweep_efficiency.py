@@ -246,7 +246,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace, sweep_file: Path, files: dict[str, Path], started: float) -> dict[str, Any]:
-    from ftlab.demo import ensure_demo_assets, ftlab_home
+    from ftlab.demo import ensure_demo_assets
+    from ftlab.paths import ftlab_home
 
     env = {**os.environ, "FTLAB_HOME": str(ftlab_home())}  # one home for both sweeps: the demo assets built once
     env.pop("MLFLOW_TRACKING_URI", None)

@@ -69,7 +69,7 @@ from ftlab.console import quiet_libraries
 from ftlab.data import PreparedData, prepare_data
 from ftlab.demo import ensure_demo_assets
 from ftlab.settings import resolve_train_config
-from ftlab.tracking import MlflowCallback, RunTracker, get_or_create_experiment
+from ftlab.tracking import MlflowCallback, TrackedRun, get_or_create_experiment
 from ftlab.training.callbacks import TrainPlan
 from ftlab.training.loop import train
 from ftlab.training.runtime import Runtime
@@ -315,7 +315,7 @@ def bench_throughput(
 class TimedMlflowCallback(MlflowCallback):
     """ftlab's MLflow callback, with the time the training thread spends inside its hooks added up."""
 
-    def __init__(self, tracker: RunTracker) -> None:
+    def __init__(self, tracker: TrackedRun) -> None:
         super().__init__(tracker)
         self.seconds = 0.0
 
@@ -360,7 +360,7 @@ def bench_tracking(
             transformers.set_seed(config.seed)
             model = load_model(setup.sweep, runtime)
             tracker = (
-                RunTracker.start(setup.tracking_uri, f"{NAME}-tracking", f"{phase}-{repeat}") if phase == "on" else None
+                TrackedRun.start(setup.tracking_uri, f"{NAME}-tracking", f"{phase}-{repeat}") if phase == "on" else None
             )
             callback = TimedMlflowCallback(tracker) if tracker else None
             started, cpu_started = time.perf_counter(), time.process_time()

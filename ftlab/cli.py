@@ -141,29 +141,32 @@ def train_command(
     quiet_libraries()
     from ftlab.config import load_sweep
     from ftlab.settings import parse_set_options, resolve_train_config
-    from ftlab.tracking import default_tracking_uri, redact_url
+    from ftlab.sweep.orchestrate import tracking_uri_for
+    from ftlab.tracking import TrackedRun, experiment_name, redact_url
     from ftlab.trial import run_trial
 
     sweep = load_sweep(file)
     train_config = resolve_train_config(sweep, file.parent, parse_set_options(set_ or []), source=str(file))
-    uri = tracking_uri or sweep.tracking.uri or default_tracking_uri()
+    uri = tracking_uri_for(sweep, tracking_uri)
     console.print(
-        f"training [bold]{sweep.name}[/bold] baseline on {sweep.model.name_or_path}; tracking at {redact_url(uri)}"
+        f"training [bold]{sweep.name}[/bold] baseline on {sweep.model.name_or_path}; tracking at {redact_url(uri)}",
+        highlight=False,
     )
-    outcome = run_trial(sweep, train_config, sweep_dir=file.parent, tracking_uri=uri, run_name="train")
-    result = outcome.result
+    with stops_cleanly(), TrackedRun.start(uri, experiment_name(sweep), "train") as run:
+        trial_dir = Path(train_config.output_dir) / sweep.name / f"train-{run.run_id[:8]}"
+        record = run_trial(sweep, train_config, run, trial_dir, sweep_dir=file.parent)
+    assert record.eval_loss is not None and record.tokens_seen is not None and record.seconds
     table = Table(title=f"{sweep.name}: one trial", show_header=False)
-    table.add_row("eval/loss", f"{result.eval_loss:.4f}")
-    table.add_row("eval/perplexity", f"{result.eval_perplexity:.3f}")
-    table.add_row("train/loss (run mean)", f"{result.train_loss:.4f}")
-    table.add_row("optimizer steps", str(result.steps))
-    table.add_row("tokens seen", f"{result.tokens_seen:,}")
-    table.add_row("tokens/s", f"{result.tokens_per_second:,.0f}")
-    table.add_row("device", outcome.device)
-    table.add_row("MLflow run", outcome.run_id)
-    table.add_row("model", str(outcome.model_dir))
+    table.add_row("eval/loss", f"{record.eval_loss:.4f}")
+    table.add_row("eval/perplexity", f"{record.perplexity:.3f}")
+    table.add_row("train/loss (run mean)", f"{record.train_loss:.4f}")
+    table.add_row("tokens seen", f"{record.tokens_seen:,}")
+    table.add_row("tokens/s", f"{record.tokens_seen / record.seconds:,.0f}")
+    table.add_row("device", str(record.device))
+    table.add_row("MLflow run", run.run_id)
+    table.add_row("model", str(record.model_dir))
     console.print(table)
-    console.print(f"See it in the MLflow UI: mlflow ui --backend-store-uri {redact_url(uri)}")
+    console.print(f"See it in the MLflow UI: mlflow ui --backend-store-uri {redact_url(uri)}", highlight=False)
 
 
 StorageUrl = Annotated[
@@ -275,7 +278,8 @@ def status(
 ) -> None:
     """Every trial's state, params, objective and duration, and the best against the baseline."""
     from ftlab.sweep.orchestrate import open_sweep_study, reap_sweep
-    from ftlab.sweep.summary import compare, format_value, status_json, trial_row
+    from ftlab.sweep.record import TrialRecord
+    from ftlab.sweep.summary import compare, format_value, status_json
 
     if reap:
         reap_sweep(file, storage, tracking_uri)
@@ -290,7 +294,7 @@ def status(
     table.add_column("params", overflow="fold", ratio=2)  # wrap, never cut: the params are the point
     table.add_column("note", overflow="fold", ratio=1)
     for trial in study.get_trials(deepcopy=False):
-        row = trial_row(trial)
+        row = TrialRecord.from_trial(trial)
         value = row.values[0] if row.values else None
         table.add_row(
             f"{row.number}" + (" (baseline)" if row.baseline else ""),
@@ -398,12 +402,13 @@ def ui(
     storage: StorageUrl = None,
 ) -> None:
     """Start the MLflow UI on the sweep's store (localhost only) and say how to open optuna-dashboard on its study."""
+    from ftlab import paths
     from ftlab.config import load_sweep
     from ftlab.sweep.study import storage_url_for
-    from ftlab.tracking import default_tracking_uri, redact_url
+    from ftlab.tracking import redact_url
 
     sweep_config = load_sweep(file) if file else None
-    uri = tracking_uri or (sweep_config.tracking.uri if sweep_config else None) or default_tracking_uri()
+    uri = tracking_uri or (sweep_config.tracking.uri if sweep_config else None) or paths.default_tracking_uri()
     if sweep_config is not None:
         study_storage = storage_url_for(sweep_config, storage)
         console.print(f"Optuna dashboard for the study: optuna-dashboard {redact_url(study_storage)}")

@@ -135,7 +135,7 @@ class TrainConfig(StrictModel):
 
 TRAIN_KEYS: frozenset[str] = frozenset(TrainConfig.model_fields)
 # Keys a search may open on top of the TrainingArguments names: the effective batch, split into
-# micro-batch × accumulation by ftlab (see ftlab.search).
+# micro-batch × accumulation by ftlab (see ftlab.sweep.space).
 DERIVED_SEARCH_KEYS: frozenset[str] = frozenset({"total_train_batch_size"})
 
 

@@ -25,6 +25,7 @@ REPORTS_DIR = WORK_DIR / "reports"
 STUDY_DB = "optuna.db"
 MLFLOW_DB = "mlflow.db"
 ARTIFACTS_DIR = "artifacts"
+CHECKPOINT_FILE = "checkpoint.pt"  # the resumable training state inside a trial's folder
 
 
 def ftlab_home() -> Path:

@@ -78,3 +78,13 @@ def resolve_train_config(
             for item in error.errors()
         ]
         raise ConfigError(problems) from None
+
+
+def split_effective_batch(total: int, max_micro_batch: int) -> tuple[int, int]:
+    """(per_device_train_batch_size, gradient_accumulation_steps) for an effective batch of ``total`` sequences.
+
+    The micro-batch is the largest divisor of ``total`` that is at most ``max_micro_batch`` (the baseline's, which
+    is what fits in memory), so micro-batch × accumulation is exactly ``total``.
+    """
+    micro = max(d for d in range(1, min(total, max_micro_batch) + 1) if total % d == 0)
+    return micro, total // micro

@@ -1,41 +1,40 @@
-"""MLflow tracking with explicit run ids.
+"""MLflow tracking with explicit run ids: one trial's run, the sweep's parent run, and the loop's metrics.
 
 Every call names its run: the sweep runs many trials, nested under a parent run, in several processes, and MLflow's
-fluent API keeps one hidden "active run" per thread that would cross them. Metrics are sent asynchronously so
-logging never stalls a training step.
+fluent API keeps one hidden "active run" per thread that would cross them. A run is owned by a context manager that
+ends it on purpose, as ``mlflow.start_run`` does: FINISHED when its block completes, KILLED on Ctrl-C, FAILED on any
+other error, with the reason in the ``ftlab.end_reason`` tag. Metrics are sent asynchronously so logging never stalls
+a training step.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, Protocol
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
-from mlflow.utils.async_logging.run_operations import RunOperations
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from ftlab import paths
+from ftlab.config import SweepConfig
 from ftlab.training.callbacks import TrainingCallback, TrainPlan
 
-logger = logging.getLogger(__name__)
-
-DEFAULT_STORE_DIR = "mlruns"
+PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's documented system tag that nests a run under its parent
+END_REASON_TAG = "ftlab.end_reason"
 _PARAM_VALUE_LIMIT = 6000  # MLflow's limit on a param value's length
-_BATCH_LIMIT = 100  # MLflow's limit on params per log_batch call
+_REASON_LIMIT = 5000
 
-
-def default_tracking_uri(root: Path | None = None) -> str:
-    """``MLFLOW_TRACKING_URI`` if set, else a SQLite store in ``./mlruns`` (MLflow's file store is retired)."""
-    if uri := os.environ.get("MLFLOW_TRACKING_URI"):
-        return uri
-    store = (root or Path.cwd()) / DEFAULT_STORE_DIR
-    store.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{store / 'mlflow.db'}"
+# MLflow's async logging thread otherwise polls its queue with a 1 s timeout, and ending a run waits for that poll:
+# a second lost per trial. With buffering it sleeps on an event that ending the run sets, and sends what accumulated
+# as one batch. 5 s rather than 1 s: each write to a SQLite store costs CPU that training on a small machine misses
+# (benchmarks/trial_cpu on 2 cores: CPU overhead of tracking 6 % at 1 s, 1.4 % at 5 s); the UI lags by at most 5 s,
+# and ending a run still sends everything at once. A user's own setting wins.
+_ASYNC_BUFFERING = ("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "5")
 
 
 def redact_url(url: str) -> str:
@@ -55,11 +54,9 @@ def flatten(settings: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def _local_artifact_root(tracking_uri: str) -> str | None:
-    """For a local SQLite store, artifacts go beside it; a server decides for itself."""
-    if tracking_uri.startswith("sqlite:///"):
-        return str(Path(tracking_uri.removeprefix("sqlite:///")).parent / "artifacts")
-    return None
+def experiment_name(sweep: SweepConfig) -> str:
+    """The MLflow experiment of a sweep's runs: ``tracking.experiment``, else the sweep's name."""
+    return sweep.tracking.experiment or sweep.name
 
 
 def get_or_create_experiment(client: MlflowClient, name: str) -> str:
@@ -68,7 +65,7 @@ def get_or_create_experiment(client: MlflowClient, name: str) -> str:
     if experiment is not None:
         return experiment.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=_local_artifact_root(client.tracking_uri))
+        return client.create_experiment(name, artifact_location=paths.local_artifact_root(client.tracking_uri))
     except Exception:  # another worker created it between our two calls
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
@@ -76,22 +73,41 @@ def get_or_create_experiment(client: MlflowClient, name: str) -> str:
         return experiment.experiment_id
 
 
-# MLflow's async logging thread otherwise polls its queue with a 1 s timeout, and ending a run waits for that poll:
-# a second lost per trial. With buffering it sleeps on an event that ending the run sets, and sends what accumulated
-# as one batch. 5 s rather than 1 s: each write to a SQLite store costs CPU that training on a small machine misses
-# (benchmarks/trial_cpu on 2 cores: CPU overhead of tracking 6 % at 1 s, 1.4 % at 5 s); the UI lags by at most 5 s,
-# and ending a run still sends everything at once. A user's own setting wins.
-_ASYNC_BUFFERING = ("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "5")
+def end_run(tracking_uri: str, run_id: str, status: str, reason: str | None = None) -> None:
+    """End a run that no process of this one owns (a dead worker's trial, a trial process that died)."""
+    TrackedRun(MlflowClient(tracking_uri=tracking_uri), run_id).end(status, reason)
 
 
-class RunTracker:
-    """One MLflow run, addressed by id in every call."""
+def _ending_for(error: BaseException) -> tuple[str, str]:
+    """How a run ends when its block raises: Ctrl-C is KILLED, anything else FAILED, with the reason."""
+    if isinstance(error, KeyboardInterrupt):
+        return "KILLED", "stopped by Ctrl-C"
+    return "FAILED", f"{type(error).__name__}: {error}"
 
-    def __init__(self, client: MlflowClient, run_id: str) -> None:
+
+class _Pending(Protocol):
+    def wait(self) -> None: ...
+
+
+class TrackedRun:
+    """One MLflow run, addressed by id in every call; a context manager that ends it (see the module docstring).
+
+    ``ending`` decides how an error ends the run (status, reason); callers that know their own errors (a pruned
+    trial ends KILLED) pass theirs. ``end()`` inside the block ends the run early with the caller's choice.
+    """
+
+    def __init__(
+        self,
+        client: MlflowClient,
+        run_id: str,
+        ending: Callable[[BaseException], tuple[str, str]] = _ending_for,
+    ) -> None:
         os.environ.setdefault(*_ASYNC_BUFFERING)
         self.client = client
         self.run_id = run_id
-        self._pending: list[RunOperations] = []
+        self.ending = ending
+        self.ended = False
+        self._pending: list[_Pending] = []
 
     @classmethod
     def start(
@@ -101,20 +117,30 @@ class RunTracker:
         run_name: str,
         tags: Mapping[str, str] | None = None,
         parent_run_id: str | None = None,
-    ) -> RunTracker:
-        """Create a new run (nested under ``parent_run_id`` if given) and return its tracker."""
+    ) -> TrackedRun:
+        """Create a new run (nested under ``parent_run_id`` if given)."""
         client = MlflowClient(tracking_uri=tracking_uri)
         experiment_id = get_or_create_experiment(client, experiment)
-        all_tags = dict(tags or {})
-        if parent_run_id:
-            all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+        all_tags = {**(tags or {}), **({PARENT_RUN_TAG: parent_run_id} if parent_run_id else {})}
         run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
         return cls(client, run.info.run_id)
 
+    def __enter__(self) -> TrackedRun:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        if self.ended:
+            return
+        if error is None:
+            self.end("FINISHED")
+        else:
+            self.end(*self.ending(error))
+
     def log_params(self, params: Mapping[str, str]) -> None:
-        items = [Param(key, value) for key, value in params.items()]
-        for start in range(0, len(items), _BATCH_LIMIT):
-            self.client.log_batch(self.run_id, params=items[start : start + _BATCH_LIMIT])
+        # MlflowClient.log_batch splits what exceeds MLflow's per-request limits itself.
+        self.client.log_batch(self.run_id, params=[Param(key, value) for key, value in params.items()])
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
@@ -140,25 +166,45 @@ class RunTracker:
         operation first would wait for the next buffering tick as well. A metric that could not be sent raises here.
         """
         if reason:
-            self.set_tags({"ftlab.end_reason": reason[:5000]})
+            self.set_tags({END_REASON_TAG: reason[:_REASON_LIMIT]})
         self.client.set_terminated(self.run_id, status=RunStatus.to_string(RunStatus.from_string(status)))
-        self.flush()
-
-    def flush(self) -> None:
-        """Wait until every queued metric reached the store."""
+        self.ended = True
         pending, self._pending = self._pending, []
         for operation in pending:
             operation.wait()
 
 
-class MlflowCallback(TrainingCallback):
-    """Sends the loop's metrics to one run; x-axis is the optimizer step, ``train/tokens_seen`` rides along."""
+def start_or_resume_parent_run(
+    tracking_uri: str,
+    experiment: str,
+    run_name: str,
+    existing_run_id: str | None,
+    tags: Mapping[str, str],
+    params: Mapping[str, str],
+) -> str:
+    """The sweep's parent run: ``existing_run_id`` set RUNNING again when a sweep resumes, else a new run.
 
-    def __init__(self, tracker: RunTracker) -> None:
-        self.tracker = tracker
+    A parent run that the tracking store no longer has (the store was reset) is replaced by a new one.
+    """
+    if existing_run_id:
+        try:
+            MlflowClient(tracking_uri=tracking_uri).update_run(existing_run_id, status="RUNNING")
+            return existing_run_id
+        except Exception:  # the tracking store was reset since; start a fresh parent run
+            pass
+    run = TrackedRun.start(tracking_uri, experiment, run_name=run_name, tags=tags)
+    run.log_params(params)
+    return run.run_id
+
+
+class MlflowCallback(TrainingCallback):
+    """Sends the loop's metrics to one run, one value per metric per optimizer step (the x-axis)."""
+
+    def __init__(self, run: TrackedRun) -> None:
+        self.run = run
 
     def on_train_begin(self, plan: TrainPlan) -> None:
-        self.tracker.log_params(
+        self.run.log_params(
             {
                 "plan.total_steps": str(plan.total_steps),
                 "plan.warmup_steps": str(plan.warmup_steps),
@@ -168,12 +214,14 @@ class MlflowCallback(TrainingCallback):
                 "plan.validation_blocks": str(plan.validation_blocks),
             }
         )
-        self.tracker.set_tags({"device": plan.device, "bf16": str(plan.bf16)})
+        self.run.set_tags({"bf16": str(plan.bf16)})
         if plan.start_step:
-            self.tracker.set_tags({"ftlab.resumed_from_step": str(plan.start_step)})
+            self.run.set_tags({"ftlab.resumed_from_step": str(plan.start_step)})
 
     def on_log(self, step: int, metrics: dict[str, float]) -> None:
-        self.tracker.log_metrics(metrics, step)
+        self.run.log_metrics(metrics, step)
 
     def on_evaluate(self, step: int, tokens_seen: int, metrics: dict[str, float]) -> None:
-        self.tracker.log_metrics({**metrics, "train/tokens_seen": float(tokens_seen)}, step)
+        # The loop logs train/* (train/tokens_seen included) at every evaluation step already: logging it here too
+        # would put two points at one step and garble eval/loss plotted against tokens.
+        self.run.log_metrics(metrics, step)

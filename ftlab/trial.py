@@ -1,16 +1,15 @@
-"""One fine-tuning trial, end to end: load model, tokenizer and data, train, evaluate, save, track.
+"""One fine-tuning trial, end to end: load model, tokenizer and data, train, evaluate, save, record in MLflow.
 
-This is what ``ftlab train`` runs in-process and what each sweep trial runs in a child process of its own.
+``ftlab train`` runs it in-process and every sweep trial runs it in a process of its own. The caller owns the MLflow
+run (a :class:`~ftlab.tracking.TrackedRun`, which ends it FINISHED, KILLED or FAILED); this module fills it.
 """
 
 from __future__ import annotations
 
-import logging
 import platform
 import subprocess
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,39 +18,29 @@ import transformers
 import yaml
 
 import ftlab
+from ftlab import paths
 from ftlab.config import SweepConfig, TrainConfig
-from ftlab.data import PreparedData, prepare_data
-from ftlab.demo import resolve
+from ftlab.data import prepare_data
 from ftlab.errors import DataError
-from ftlab.tracking import MlflowCallback, RunTracker, flatten
+from ftlab.sweep.record import TrialRecord
+from ftlab.tracking import MlflowCallback, TrackedRun, flatten
 from ftlab.training.callbacks import CallbackList, TrainingCallback, TrainResult
+from ftlab.training.faults import fault_callbacks
 from ftlab.training.loop import NotEnoughDataError, train
+from ftlab.training.oom import OomRetry, with_oom_retry
 from ftlab.training.runtime import Runtime
-
-logger = logging.getLogger(__name__)
-
-CHECKPOINT_FILE = "checkpoint.pt"  # the resumable training state inside a trial's folder
-
-
-@dataclass
-class TrialOutcome:
-    result: TrainResult
-    run_id: str
-    model_dir: Path
-    data_fingerprint: str
-    device: str
 
 
 def load_tokenizer(sweep: SweepConfig) -> transformers.PreTrainedTokenizerBase:
     """The tokenizer of ``model.tokenizer`` or of the model itself, exactly as a hub model loads it."""
-    name = resolve(sweep.model.tokenizer or sweep.model.name_or_path)
+    name = sweep.model.tokenizer or sweep.model.name_or_path
     return transformers.AutoTokenizer.from_pretrained(name, revision=sweep.model.revision)
 
 
 def load_model(sweep: SweepConfig, runtime: Runtime) -> torch.nn.Module:
     """The pretrained causal LM in fp32 master weights (bf16 runs use autocast), on the runtime's device."""
     model = transformers.AutoModelForCausalLM.from_pretrained(
-        resolve(sweep.model.name_or_path),
+        sweep.model.name_or_path,
         revision=sweep.model.revision,
         attn_implementation=sweep.model.attn_implementation,
         dtype=torch.float32,
@@ -90,92 +79,95 @@ def trial_params(sweep: SweepConfig, train_config: TrainConfig) -> dict[str, str
 def run_trial(
     sweep: SweepConfig,
     train_config: TrainConfig,
+    run: TrackedRun,
+    trial_dir: Path,
     *,
     sweep_dir: Path,
-    tracking_uri: str,
-    run_name: str,
-    parent_run_id: str | None = None,
-    tags: dict[str, str] | None = None,
     callbacks: Sequence[TrainingCallback] = (),
-    tracker: RunTracker | None = None,
-    log_params: bool = True,
-    trial_dir: Path | None = None,
     resume_from: Path | None = None,
     stop_requested: threading.Event | None = None,
-) -> TrialOutcome:
-    """Run one fine-tuning trial and record it as one MLflow run.
+) -> TrialRecord:
+    """Run one fine-tuning trial into ``run`` and ``trial_dir``; its COMPLETE record (objective values unset).
 
-    The run ends FINISHED on success and FAILED on any exception (which is re-raised); a caller that stops the trial
-    on purpose (pruning, Ctrl-C) passes its own ``tracker`` and ends the run itself with the state it chose.
+    Out of GPU memory, training is retried with half the micro-batch and twice the accumulation (the effective batch
+    is kept), down to a micro-batch of 1; the run's tags say so. Errors propagate: ``run`` decides how they end it.
 
     Raises:
         DataError: the data cannot be used (before any training starts).
     """
-    transformers.set_seed(train_config.seed)
     runtime = Runtime.for_config(train_config)
     tokenizer = load_tokenizer(sweep)
-    data: PreparedData = prepare_data(sweep.data, tokenizer, base_dir=sweep_dir)
-
-    experiment = sweep.tracking.experiment or sweep.name
-    own_tracker = tracker is None
-    tracker = tracker or RunTracker.start(tracking_uri, experiment, run_name, parent_run_id=parent_run_id)
-    trial_dir = trial_dir or Path(train_config.output_dir) / sweep.name / f"{run_name}-{tracker.run_id[:8]}"
+    data = prepare_data(sweep.data, tokenizer, base_dir=sweep_dir)
     trial_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        if log_params:
-            tracker.log_params(trial_params(sweep, train_config))
-        commit = git_commit(Path.cwd())
-        tracker.set_tags(
-            {
-                **(tags or {}),
-                "data.fingerprint": data.fingerprint,
-                "ftlab.version": ftlab.__version__,
-                "torch.version": torch.__version__,
-                "transformers.version": transformers.__version__,
-                "python.version": platform.python_version(),
-                "device": runtime.describe(),
-                "ftlab.trial_dir": str(trial_dir.resolve()),
-                **({"mlflow.source.git.commit": commit} if commit else {}),
-            }
-        )
-        config_file = trial_dir / "config.yaml"
-        config_file.write_text(yaml.safe_dump(resolved_config(sweep, train_config), sort_keys=False))
-        tracker.log_artifact(config_file)
+    # MLflow params are immutable: the sampled settings are logged once; what an OOM retry changed becomes tags.
+    run.log_params(trial_params(sweep, train_config))
+    commit = git_commit(Path.cwd())
+    run.set_tags(
+        {
+            "data.fingerprint": data.fingerprint,
+            "ftlab.version": ftlab.__version__,
+            "torch.version": torch.__version__,
+            "transformers.version": transformers.__version__,
+            "python.version": platform.python_version(),
+            "device": runtime.describe(),
+            "ftlab.trial_dir": str(trial_dir.resolve()),
+            **({"mlflow.source.git.commit": commit} if commit else {}),
+        }
+    )
+    config_file = trial_dir / "config.yaml"
+    config_file.write_text(yaml.safe_dump(resolved_config(sweep, train_config), sort_keys=False))
+    run.log_artifact(config_file)
 
+    def attempt(config: TrainConfig) -> tuple[torch.nn.Module, TrainResult, TrainConfig]:
+        transformers.set_seed(config.seed)
         model = load_model(sweep, runtime)
+        hooks = CallbackList([MlflowCallback(run), *callbacks, *fault_callbacks(model)])
         try:
             result = train(
                 model,
                 data.train_tensor(),
                 data.validation_tensor(),
-                train_config,
+                config,
                 runtime,
-                CallbackList([MlflowCallback(tracker), *callbacks]),
+                hooks,
                 best_model_dir=trial_dir / "best",
-                checkpoint_path=trial_dir / CHECKPOINT_FILE,
+                checkpoint_path=trial_dir / paths.CHECKPOINT_FILE,
                 resume_from=resume_from,
                 stop_requested=stop_requested,
             )
         except NotEnoughDataError as error:
             raise DataError.single(str(error), where="data", fix="see the message") from None
+        return model, result, config
 
-        model_dir = trial_dir / "final"
-        model.save_pretrained(model_dir, safe_serialization=True)
-        tokenizer.save_pretrained(model_dir)
-        if sweep.tracking.artifacts != "none":
-            tracker.log_artifacts(model_dir, "model")
-        if sweep.tracking.artifacts == "all" and (trial_dir / "best").is_dir():
-            tracker.log_artifacts(trial_dir / "best", "checkpoints/best")
-        (trial_dir / CHECKPOINT_FILE).unlink(missing_ok=True)  # finished: nothing left to resume
-        tracker.log_metrics({"train/loss_mean": result.train_loss, "perf/train_seconds": result.seconds}, result.steps)
-        if own_tracker:
-            tracker.end("FINISHED")
-    except KeyboardInterrupt:
-        if own_tracker:
-            tracker.end("KILLED", reason="stopped by Ctrl-C")
-        raise
-    except BaseException as error:
-        if own_tracker:
-            tracker.end("FAILED", reason=f"{type(error).__name__}: {error}")
-        raise
-    return TrialOutcome(result, tracker.run_id, model_dir, data.fingerprint, runtime.describe())
+    def on_oom_retry(retry: OomRetry) -> None:
+        run.set_tags(
+            {
+                "ftlab.oom_retries": ", ".join(retry.history),
+                "ftlab.applied.per_device_train_batch_size": str(retry.config.per_device_train_batch_size),
+                "ftlab.applied.gradient_accumulation_steps": str(retry.config.gradient_accumulation_steps),
+            }
+        )
+
+    model, result, applied = with_oom_retry(attempt, train_config, on_retry=on_oom_retry)
+    model_dir = trial_dir / "final"
+    model.save_pretrained(model_dir, safe_serialization=True)
+    tokenizer.save_pretrained(model_dir)
+    if sweep.tracking.artifacts != "none":
+        run.log_artifacts(model_dir, "model")
+    if sweep.tracking.artifacts == "all" and (trial_dir / "best").is_dir():
+        run.log_artifacts(trial_dir / "best", "checkpoints/best")
+    (trial_dir / paths.CHECKPOINT_FILE).unlink(missing_ok=True)  # finished: nothing left to resume
+    run.log_metrics({"train/loss_mean": result.train_loss, "perf/train_seconds": result.seconds}, result.steps)
+    return TrialRecord(
+        state="COMPLETE",
+        eval_loss=result.eval_loss,
+        perplexity=result.eval_perplexity,
+        train_loss=result.train_loss,
+        tokens_seen=result.tokens_seen,
+        seconds=result.seconds,
+        device=runtime.describe(),
+        model_dir=str(model_dir),
+        data_fingerprint=data.fingerprint,
+        per_device_train_batch_size=applied.per_device_train_batch_size,
+        gradient_accumulation_steps=applied.gradient_accumulation_steps,
+    )

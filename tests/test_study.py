@@ -1,8 +1,13 @@
-"""Sampler seeds: a new study uses the file's seed; resumes and workers get distinct, reproducible ones."""
+"""The study from the sweep file: sampler seeds (a new study uses the file's, resumes and workers get distinct,
+reproducible ones) and Optuna's pruners with their resources in tokens."""
 
 from __future__ import annotations
 
-from ftlab.sweep.study import sampler_seed
+import optuna
+
+from ftlab.config import parse_sweep
+from ftlab.sweep.study import build_pruner, sampler_seed
+from tests.helpers import SMALL_SWEEP
 
 
 def test_a_new_study_uses_the_file_s_seed_and_no_seed_stays_random() -> None:
@@ -16,3 +21,27 @@ def test_resumes_and_workers_get_reproducible_seeds_that_do_not_collide() -> Non
     assert sampler_seed(0, 1, 5) != sampler_seed(0, 0, 6)
     seeds = {sampler_seed(0, existing, salt) for existing in range(20) for salt in range(20)}
     assert len(seeds) == 400
+
+
+def _sweep(pruner: dict, train: dict | None = None):
+    return parse_sweep({**SMALL_SWEEP, "pruner": pruner, "train": train or SMALL_SWEEP["train"]})
+
+
+def test_pruners_are_optuna_s_own_built_from_the_file() -> None:
+    assert isinstance(build_pruner(_sweep({"name": "none"})), optuna.pruners.NopPruner)
+    median = build_pruner(_sweep({"name": "median", "n_startup_trials": 3, "n_warmup_tokens": 5000}))
+    assert isinstance(median, optuna.pruners.MedianPruner)
+    assert (median._n_startup_trials, median._n_warmup_steps) == (3, 5000)
+
+
+def test_successive_halving_starts_at_the_first_fidelity_point_in_tokens() -> None:
+    halving = build_pruner(_sweep({"name": "successive_halving", "reduction_factor": 4}))
+    assert isinstance(halving, optuna.pruners.SuccessiveHalvingPruner)
+    assert halving._min_resource == SMALL_SWEEP["train"]["eval_tokens"]
+    assert halving._reduction_factor == 4
+    # Without eval_tokens there is no first fidelity point to start at: Optuna's own estimate decides.
+    by_steps = build_pruner(_sweep({"name": "hyperband"}, {"num_train_epochs": 1, "eval_steps": 10}))
+    assert isinstance(by_steps, optuna.pruners.HyperbandPruner)
+    assert by_steps._min_resource == "auto"
+    explicit = build_pruner(_sweep({"name": "hyperband", "min_resource_tokens": 1000}))
+    assert explicit._min_resource == 1000

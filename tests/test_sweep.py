@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -88,18 +89,20 @@ def test_status_json_shows_best_against_baseline(finished_sweep: Path) -> None:
     assert "baseline" in plain.stdout
 
 
-def test_resumed_sweep_adds_trials_without_repeating(finished_sweep: Path) -> None:
-    sweep = str(finished_sweep / "sweep.yaml")
-    again = run_ftlab("sweep", sweep, cwd=finished_sweep)  # budget already met: nothing new
+def test_resumed_sweep_adds_trials_without_repeating(finished_sweep: Path, tmp_path: Path) -> None:
+    # A copy of the finished sweep, so that the trial added here does not change what the other tests read.
+    folder = Path(shutil.copytree(finished_sweep, tmp_path / "copy"))
+    sweep = str(folder / "sweep.yaml")
+    again = run_ftlab("sweep", sweep, cwd=folder)  # budget already met: nothing new
     assert again.returncode == 0, again.stderr
-    assert len(load_study(finished_sweep).trials) == 3
-    more = run_ftlab("sweep", sweep, "--n-trials", "4", cwd=finished_sweep)
+    assert len(load_study(folder).trials) == 3
+    more = run_ftlab("sweep", sweep, "--n-trials", "4", cwd=folder)
     assert more.returncode == 0, more.stderr
-    study = load_study(finished_sweep)
+    study = load_study(folder)
     assert [trial.number for trial in study.trials] == [0, 1, 2, 3]
     points = [tuple(sorted(trial.params.items())) for trial in study.trials]
     assert len(set(points)) == len(points)
-    assert_runs_match_trials(finished_sweep, study)  # still one parent run
+    assert_runs_match_trials(folder, study)  # still one parent run
 
 
 def test_a_pruner_that_must_prune_does(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import platform
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import datasets
@@ -75,7 +76,8 @@ def render_card(facts: CardFacts) -> str:
     """The README.md text."""
     sweep, train = facts.sweep, facts.train
     base = sweep.model.name_or_path
-    base_link = base if base.startswith("demo://") else f"[{base}](https://huggingface.co/{base})"
+    # A hub id links to its page; a local folder (the demo model, a model of your own) is named as it is.
+    base_link = base if Path(base).exists() else f"[{base}](https://huggingface.co/{base})"
     absolute, relative = facts.gain
     lines = [
         _front_matter(facts),

@@ -8,8 +8,6 @@ was measured.
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -25,10 +23,12 @@ from ftlab.data import prepare_data
 from ftlab.errors import UserError
 from ftlab.export.best import BestTrial, select_best
 from ftlab.export.card import CardFacts, render_card
+from ftlab.fileio import atomic_path, atomic_write_json
 from ftlab.settings import resolve_train_config
-from ftlab.sweep.attrs import RUN_ID_ATTR
 from ftlab.sweep.orchestrate import open_sweep_study, tracking_uri_for
+from ftlab.sweep.record import TrialRecord
 from ftlab.sweep.space import params_to_overrides
+from ftlab.tracking import TrackedRun, experiment_name
 from ftlab.training.metrics import evaluate, perplexity
 from ftlab.training.runtime import Runtime
 from ftlab.trial import load_tokenizer, run_trial
@@ -53,13 +53,13 @@ class ExportResult:
     registered: str | None  # "NAME version N (alias champion)"
 
 
-def trial_train_config(sweep: SweepConfig, sweep_dir: Path, trial: optuna.trial.FrozenTrial) -> TrainConfig:
+def trial_train_config(sweep: SweepConfig, sweep_dir: Path, record: TrialRecord) -> TrainConfig:
     """The exact settings the trial trained with, including a micro-batch an out-of-memory retry changed."""
     baseline = resolve_train_config(sweep, sweep_dir)
-    overrides = params_to_overrides(dict(trial.params), baseline)
+    overrides = params_to_overrides(record.params, baseline)
     for key in ("per_device_train_batch_size", "gradient_accumulation_steps"):
-        if trial.user_attrs.get(key) is not None:
-            overrides[key] = trial.user_attrs[key]
+        if getattr(record, key) is not None:
+            overrides[key] = getattr(record, key)
     return resolve_train_config(sweep, sweep_dir, overrides)
 
 
@@ -76,23 +76,21 @@ def _fetch_weights(
     best: BestTrial, sweep: SweepConfig, sweep_dir: Path, train: TrainConfig, tracking_uri: str, staging: Path
 ) -> tuple[Path, str]:
     """A folder holding the winner's model; and where it came from."""
-    local = best.trial.user_attrs.get("model_dir")
+    local = best.record.model_dir
     if local and (Path(local) / "config.json").is_file():
         return Path(local), f"local trial folder {local}"
-    run_id = best.trial.user_attrs.get(RUN_ID_ATTR)
+    run_id = best.record.mlflow_run_id
     client = MlflowClient(tracking_uri=tracking_uri)
     if run_id and any(artifact.path == "model" for artifact in client.list_artifacts(run_id)):
         return Path(client.download_artifacts(run_id, "model", str(staging))), f"MLflow artifact runs:/{run_id}/model"
     # No stored weights (tracking.artifacts: none, and the local folder is gone): re-train with the trial's own seed.
-    outcome = run_trial(
-        sweep,
-        train,
-        sweep_dir=sweep_dir,
-        tracking_uri=tracking_uri,
-        run_name=f"retrain-trial-{best.trial.number:03d}",
-        tags={"ftlab.retrain_of_trial": str(best.trial.number), "ftlab.retrain_of_run": str(run_id)},
-    )
-    return outcome.model_dir, f"re-trained (seed {train.seed}, MLflow run {outcome.run_id})"
+    name = f"retrain-trial-{best.record.number:03d}"
+    tags = {"ftlab.retrain_of_trial": str(best.record.number), "ftlab.retrain_of_run": str(run_id)}
+    with TrackedRun.start(tracking_uri, experiment_name(sweep), name, tags=tags) as run:
+        trial_dir = Path(train.output_dir) / sweep.name / f"{name}-{run.run_id[:8]}"
+        record = run_trial(sweep, train, run, trial_dir, sweep_dir=sweep_dir)
+    assert record.model_dir is not None
+    return Path(record.model_dir), f"re-trained (seed {train.seed}, MLflow run {run.run_id})"
 
 
 def measure_eval_loss(model_dir: Path, sweep: SweepConfig, sweep_dir: Path, train: TrainConfig) -> tuple[float, str]:
@@ -122,20 +120,20 @@ def _copy_model(source: Path, target: Path, sweep: SweepConfig) -> None:
 
 def _provenance(best: BestTrial, train: TrainConfig, study: optuna.Study, fingerprint: str, measured: float,
                 weights_from: str, tracking_uri: str) -> dict[str, Any]:  # fmt: skip
-    run_id = best.trial.user_attrs.get(RUN_ID_ATTR)
+    run_id = best.record.mlflow_run_id
     commit = None
     if run_id:
         commit = MlflowClient(tracking_uri=tracking_uri).get_run(run_id).data.tags.get("mlflow.source.git.commit")
     return {
         "study": study.study_name,
-        "trial": best.trial.number,
+        "trial": best.record.number,
         "mlflow_run_id": run_id,
         "data_fingerprint": fingerprint,
         "git_commit": commit,
         "seed": train.seed,
-        "params": dict(best.trial.params),
+        "params": best.record.params,
         "train": train.model_dump(),
-        "eval_loss_recorded": best.trial.user_attrs.get("eval_loss"),
+        "eval_loss_recorded": best.record.eval_loss,
         "eval_loss_measured": measured,
         "weights_from": weights_from,
     }
@@ -172,53 +170,46 @@ def export_best(
     uri = tracking_uri_for(sweep, tracking_uri)
     best = select_best(study, sweep, str(sweep_file))
     _check_target(out_dir, force)
-    train = trial_train_config(sweep, sweep_dir, best.trial)
-    recorded = best.trial.user_attrs.get("eval_loss")
+    train = trial_train_config(sweep, sweep_dir, best.record)
+    recorded = best.record.eval_loss
     if recorded is None:
         raise ExportRefusedError.single(
             "the best trial has no recorded eval loss to check the weights against",
-            where=f"trial {best.trial.number}",
+            where=f"trial {best.record.number}",
             fix="re-run the sweep with this version of ftlab",
         )
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.") as staging_name:
-        staging = Path(staging_name)
-        weights, weights_from = _fetch_weights(best, sweep, sweep_dir, train, uri, staging / "download")
+    with tempfile.TemporaryDirectory(prefix="ftlab-export-") as download, atomic_path(out_dir) as build:
+        weights, weights_from = _fetch_weights(best, sweep, sweep_dir, train, uri, Path(download))
         measured, fingerprint = measure_eval_loss(weights, sweep, sweep_dir, train)
         if abs(measured - recorded) > RELATIVE_TOLERANCE * abs(recorded):
             raise ExportRefusedError.single(
-                f"the weights evaluate to eval loss {measured:.6f}, but trial {best.trial.number} recorded "
+                f"the weights evaluate to eval loss {measured:.6f}, but trial {best.record.number} recorded "
                 f"{recorded:.6f} (more than {RELATIVE_TOLERANCE:g} relative apart): they are not the measured model",
                 where=weights_from,
                 fix="check that the data and model files did not change since the sweep, or re-run the trial",
             )
-        build = staging / "model"
         _copy_model(weights, build, sweep)
         facts = CardFacts(
-            model_name=f"{sweep.name}-trial-{best.trial.number}",
+            model_name=f"{sweep.name}-trial-{best.record.number}",
             sweep=sweep,
             train=train,
             eval_loss=measured,
             perplexity=perplexity(measured),
-            train_loss=best.trial.user_attrs.get("train_loss"),
-            tokens_seen=best.trial.user_attrs.get("tokens_seen"),
-            trial_number=best.trial.number,
+            train_loss=best.record.train_loss,
+            tokens_seen=best.record.tokens_seen,
+            trial_number=best.record.number,
             trials_run=len(study.trials),
             study_name=study.study_name,
-            mlflow_run_id=best.trial.user_attrs.get(RUN_ID_ATTR),
+            mlflow_run_id=best.record.mlflow_run_id,
             baseline=best.as_json(uri)["baseline"],
-            gain=best.gain(),
+            gain=(best.gain.absolute, best.gain.relative) if best.gain else (None, None),
         )
         (build / "README.md").write_text(render_card(facts))
         provenance = _provenance(best, train, study, fingerprint, measured, weights_from, uri)
-        (build / "ftlab.json").write_text(json.dumps(provenance, indent=2) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)  # only reached when empty or with --force
-        os.replace(build, out_dir)
+        atomic_write_json(build / "ftlab.json", provenance, indent=2)
 
     registered = None
-    run_id = best.trial.user_attrs.get(RUN_ID_ATTR)
     if register:
-        registered = register_model(uri, run_id, out_dir, register)
-    return ExportResult(out_dir, best.trial.number, recorded, measured, weights_from, registered)
+        registered = register_model(uri, best.record.mlflow_run_id, out_dir, register)
+    return ExportResult(out_dir, best.record.number, recorded, measured, weights_from, registered)

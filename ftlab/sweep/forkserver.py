@@ -14,7 +14,7 @@ import multiprocessing.forkserver
 # parts a trial uses, or each trial pays for them again (about 2 s per trial on a CPU machine: modeling_utils 1.5 s,
 # MLflow's SQL store 0.6 s).
 PRELOAD = [
-    "ftlab.sweep.child",
+    "ftlab.sweep.trial_process",
     "torch",
     "transformers",
     "transformers.modeling_utils",

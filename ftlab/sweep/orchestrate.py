@@ -8,17 +8,17 @@ from pathlib import Path
 import optuna
 from rich.console import Console
 
+from ftlab import paths
 from ftlab.config import SweepConfig, load_sweep
 from ftlab.errors import UserError
-from ftlab.sweep.attrs import PARENT_RUN_ATTR, REPORTED_ATTR
 from ftlab.sweep.reaper import reap, stale_trial_callback
+from ftlab.sweep.record import PARENT_RUN_ATTR, REPORTED_ATTR
 from ftlab.sweep.report import log_report
 from ftlab.sweep.resilience import retry_on_connection_loss
-from ftlab.sweep.runner import SweepRunner
+from ftlab.sweep.runner import PreemptedError, SweepRunner
 from ftlab.sweep.study import create_or_load_study, load_study, storage_url_for
 from ftlab.sweep.summary import Comparison, compare
 from ftlab.sweep.view import SweepView
-from ftlab.tracking import default_tracking_uri
 
 
 @dataclass
@@ -31,11 +31,8 @@ class SweepOutcome:
 
 
 def tracking_uri_for(sweep: SweepConfig, override: str | None = None) -> str:
-    return override or sweep.tracking.uri or default_tracking_uri()
-
-
-def report_dir_for(sweep: SweepConfig) -> Path:
-    return Path(".ftlab") / "reports" / sweep.name
+    """``--tracking-uri``, else the sweep file's ``tracking.uri``, else ``MLFLOW_TRACKING_URI`` or ``./mlruns``."""
+    return override or sweep.tracking.uri or paths.default_tracking_uri()
 
 
 def run_sweep(
@@ -77,11 +74,11 @@ def run_sweep(
     try:
         with view.context():
             runner.run(budget, timeout if timeout is not None else sweep.budget.timeout)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, PreemptedError):
         status = "KILLED"
         raise
     finally:
-        report_dir = report_dir_for(sweep)
+        report_dir = paths.report_dir(sweep.name)
         if runner.parent_run_id:
             # A preempted worker has seconds left: whoever runs next writes the report.
             if not runner.preempted and retry_on_connection_loss(lambda: _report_is_due(runner)):
@@ -128,7 +125,7 @@ def report_sweep(sweep_file: Path, storage_url: str | None = None, tracking_uri:
         raise UserError.single(
             "the sweep has no MLflow parent run yet", where=str(sweep_file), fix="run the sweep first"
         )
-    out_dir = report_dir_for(sweep)
+    out_dir = paths.report_dir(sweep.name)
     log_report(study, sweep, tracking_uri_for(sweep, tracking_uri), parent, out_dir)
     return out_dir
 

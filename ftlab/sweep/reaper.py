@@ -10,17 +10,18 @@ import logging
 from datetime import datetime, timedelta
 
 import optuna
-import sqlalchemy
-from mlflow import MlflowClient
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from ftlab.sweep.attrs import FAIL_REASON_ATTR, RUN_ID_ATTR
+from ftlab.sweep import optuna_compat
+from ftlab.sweep.record import FAIL_REASON_ATTR, RUN_ID_ATTR
 from ftlab.sweep.study import StaleTrialCallback
+from ftlab.tracking import end_run
 
 logger = logging.getLogger(__name__)
 
 MAX_RETRIES = 1
+DEAD_WORKER_REASON = "the worker running this trial stopped sending heartbeats (killed, or its machine was lost)"
 
 
 def stale_trial_callback(tracking_uri: str) -> StaleTrialCallback:
@@ -30,11 +31,8 @@ def stale_trial_callback(tracking_uri: str) -> StaleTrialCallback:
     def on_stale_trial(study: optuna.Study, trial: FrozenTrial) -> None:
         run_id = trial.user_attrs.get(RUN_ID_ATTR)
         if run_id:
-            client = MlflowClient(tracking_uri=tracking_uri)
-            reason = "the worker running this trial stopped sending heartbeats (killed, or its machine was lost)"
             try:
-                client.set_tag(run_id, "ftlab.end_reason", reason)
-                client.set_terminated(run_id, status="KILLED")
+                end_run(tracking_uri, run_id, "KILLED", DEAD_WORKER_REASON)
             except Exception as error:  # the tracking server may be down; the Optuna side must still be settled
                 logger.warning("could not end MLflow run %s of dead trial %d: %s", run_id, trial.number, error)
         retry(study, trial)
@@ -47,23 +45,18 @@ def retry_trial(study: optuna.Study, trial_id: int) -> None:
 
     Safe to repeat: an attempt whose connection dropped after the commit has enqueued it already.
     """
-    trial = study._storage.get_trial(trial_id)
+    trial = optuna_compat.storage_of(study).get_trial(trial_id)
     for other in study.get_trials(deepcopy=False):
-        if other.system_attrs.get("retry_history", [None])[-1] == trial.number:
+        history = RetryHeartbeatStaleTrialCallback.retry_history(other)
+        if history and history[-1] == trial.number:
             return
     RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)(study, trial)
 
 
 def retried_trial_number(study: optuna.Study, trial_id: int) -> int | None:
     """The number of the trial this one retries, if it is a retry."""
-    return RetryHeartbeatStaleTrialCallback.retried_trial_number(study._storage.get_trial(trial_id))
-
-
-# Optuna's stale-trial check skips RUNNING trials that never sent a heartbeat; these are found here.
-_NEVER_BEATING = sqlalchemy.text(
-    "SELECT t.trial_id FROM trials t LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
-    "WHERE t.study_id = :study_id AND t.state = 'RUNNING' AND h.trial_id IS NULL"
-)
+    trial = optuna_compat.storage_of(study).get_trial(trial_id)
+    return RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
 
 
 def fail_orphaned_trials(study: optuna.Study) -> list[int]:
@@ -73,24 +66,22 @@ def fail_orphaned_trials(study: optuna.Study) -> list[int]:
     by an attempt whose connection dropped after the commit: no process runs it, and Optuna's ``fail_stale_trials``
     would leave it RUNNING forever (and the budget waiting on it). It never trained, so it is not retried.
     """
-    storage = study._storage
-    backend = getattr(storage, "_backend", storage)  # Optuna wraps an RDBStorage in a cache
-    if not isinstance(backend, RDBStorage) or backend.heartbeat_interval is None:
+    grace = optuna_compat.grace_period_of(study)
+    if grace is None:
         return []
-    grace = timedelta(seconds=backend.grace_period or 2 * backend.heartbeat_interval)
-    with backend.engine.connect() as connection:
-        trial_ids = connection.execute(_NEVER_BEATING, {"study_id": study._study_id}).scalars().all()
+    storage = optuna_compat.storage_of(study)
     failed = []
-    for trial_id in trial_ids:
+    for trial_id in optuna_compat.running_trials_without_heartbeat(study):
         trial = storage.get_trial(trial_id)
-        if trial.datetime_start is None or datetime.now() - trial.datetime_start < grace:
+        # datetime_start is the creating machine's naive local time; clusters normally run UTC.
+        if trial.datetime_start is None or datetime.now() - trial.datetime_start < timedelta(seconds=grace):
             continue  # just asked: its worker is about to record the first heartbeat
         storage.set_trial_user_attr(
             trial_id,
             FAIL_REASON_ATTR,
             "asked for, but the worker lost its database connection before starting it; it never ran",
         )
-        if storage.set_trial_state_values(trial_id, TrialState.FAIL):
+        if optuna_compat.set_trial_state(study, trial_id, TrialState.FAIL):
             logger.warning("trial %d was asked for but never started (connection lost); marked FAIL", trial.number)
             failed.append(trial.number)
     return failed

@@ -13,7 +13,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ftlab.config import SweepConfig
-from ftlab.sweep.summary import compare, format_value, status_json, trial_row
+from ftlab.sweep.summary import compare, format_value, status_json
 
 logger = logging.getLogger(__name__)
 
@@ -58,9 +58,7 @@ def comparison_markdown(study: optuna.Study, sweep: SweepConfig) -> str:
     lines = [f"# {study.study_name}: best trial vs baseline", ""]
     if comparison is None:
         return "\n".join([*lines, "No trial has completed yet."])
-    rows = {trial.number: trial_row(trial) for trial in study.get_trials(deepcopy=False)}
-    best = rows[comparison.best_trial]
-    base = rows.get(comparison.baseline_trial) if comparison.baseline_trial is not None else None
+    best, base = comparison.best, comparison.baseline
     lines += ["| | baseline | best |", "|---|---|---|"]
     lines.append(f"| trial | {base.number if base else '-'} | {best.number} |")
     lines.append(f"| {metric} | {format_value(comparison.baseline_value)} | {format_value(comparison.best_value)} |")

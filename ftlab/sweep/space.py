@@ -9,16 +9,7 @@ import optuna
 
 from ftlab.config import CategoricalParam, FactorParam, FloatParam, IntParam, ParamSpec, SweepConfig, TrainConfig
 from ftlab.errors import ConfigError
-
-
-def split_effective_batch(total: int, max_micro_batch: int) -> tuple[int, int]:
-    """(per_device_train_batch_size, gradient_accumulation_steps) for an effective batch of ``total`` sequences.
-
-    The micro-batch is the largest divisor of ``total`` that is at most ``max_micro_batch`` (the baseline's, which
-    is what fits in memory), so micro-batch × accumulation is exactly ``total``.
-    """
-    micro = max(d for d in range(1, min(total, max_micro_batch) + 1) if total % d == 0)
-    return micro, total // micro
+from ftlab.settings import split_effective_batch
 
 
 def _suggest(trial: optuna.Trial, name: str, spec: ParamSpec, baseline: TrainConfig) -> Any:
@@ -69,18 +60,6 @@ def baseline_point(sweep: SweepConfig, baseline: TrainConfig, source: str = "<sw
             )
         point[name] = value
     return point
-
-
-def describe_range(name: str, spec: ParamSpec, baseline: TrainConfig) -> str:
-    """A one-line human description of a searched key, for the sweep's start banner and parent-run params."""
-    if isinstance(spec, FactorParam):
-        center = float(getattr(baseline, name))
-        low, high = spec.factor
-        return f"log [{center * low:.3g}, {center * high:.3g}] (×{low:g}…×{high:g} of {center:.3g})"
-    if isinstance(spec, FloatParam | IntParam):
-        scale = "log " if spec.log else ""
-        return f"{scale}[{spec.low}, {spec.high}]"
-    return f"one of {spec.choices}"
 
 
 def same_point(a: dict[str, Any], b: dict[str, Any]) -> bool:

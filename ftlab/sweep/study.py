@@ -1,11 +1,12 @@
-"""The Optuna study behind a sweep: storage, sampler, pruner and directions, built from the sweep file."""
+"""The Optuna study behind a sweep: storage, sampler, pruner and directions from the sweep file; asking for trials
+and telling it their outcome.
+"""
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,10 +15,12 @@ import sqlalchemy
 import sqlalchemy.exc
 from filelock import FileLock
 from optuna.storages import RDBStorage
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
+from ftlab import paths
 from ftlab.config import SamplerConfig, StorageConfig, SweepConfig
-from ftlab.tracking import DEFAULT_STORE_DIR
+from ftlab.sweep import optuna_compat
+from ftlab.sweep.record import BASELINE_ATTR, TrialRecord
 
 StaleTrialCallback = Callable[[optuna.Study, FrozenTrial], None]
 
@@ -25,15 +28,9 @@ StaleTrialCallback = Callable[[optuna.Study, FrozenTrial], None]
 _SQLITE_LOCK_TIMEOUT_S = 120
 
 
-def default_storage_url(root: Path | None = None) -> str:
-    """SQLite beside MLflow's store in ``./mlruns``: one folder holds everything a local sweep produced."""
-    store = (root or Path.cwd()) / DEFAULT_STORE_DIR
-    store.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{store / 'optuna.db'}"
-
-
 def storage_url_for(sweep: SweepConfig, override: str | None = None) -> str:
-    return override or sweep.storage.url or default_storage_url()
+    """``--storage``, else the sweep file's ``storage.url``, else SQLite under ``./mlruns``."""
+    return override or sweep.storage.url or paths.default_storage_url()
 
 
 def open_storage(
@@ -45,7 +42,8 @@ def open_storage(
     whichever worker looks next (``fail_stale_trials``), which then calls ``on_stale_trial``.
     """
     engine_kwargs: dict[str, object] = {"pool_pre_ping": True}
-    if url.startswith("sqlite"):
+    if (database := paths.sqlite_file(url)) is not None:
+        database.parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs["connect_args"] = {"timeout": _SQLITE_LOCK_TIMEOUT_S}
     heartbeat: dict[str, Any] = {}
     if config is not None:
@@ -68,8 +66,8 @@ class StudyLock:
         self._file_lock: FileLock | None = None
         self._engine: sqlalchemy.Engine | None = None
         self._key = int.from_bytes(hashlib.sha256(study_name.encode()).digest()[:8], "big", signed=True)
-        if storage_url.startswith("sqlite:///"):
-            self._file_lock = FileLock(storage_url.removeprefix("sqlite:///") + ".lock")
+        if (database := paths.sqlite_file(storage_url)) is not None:
+            self._file_lock = FileLock(f"{database}.lock")
         elif storage_url.startswith("postgresql"):
             self._engine = sqlalchemy.create_engine(storage_url, pool_pre_ping=True, poolclass=sqlalchemy.NullPool)
 
@@ -93,6 +91,9 @@ class StudyLock:
                     # A session lock ends with its session: a dropped connection has released it already.
                     if not error.connection_invalidated:
                         raise
+
+
+# --- sampler and pruner ----------------------------------------------------------------------------------------------
 
 
 def sampler_seed(seed: int | None, existing_trials: int = 0, salt: int = 0) -> int | None:
@@ -132,7 +133,8 @@ def build_pruner(sweep: SweepConfig) -> optuna.pruners.BasePruner:
 
     ``min_resource_tokens: auto`` is the first fidelity point (``eval_tokens``) where the sweep sets one: Optuna's own
     "auto" (1 % of the first finished trial's last step) would put several rungs before the first evaluation, where
-    one report would then have to clear them all at once.
+    one report would then have to clear them all at once. The pruner is not stored with the study: every process
+    that reports to a trial builds it from the sweep file, or Optuna's default would decide.
     """
     config = sweep.pruner
     if config.name == "none":
@@ -149,6 +151,9 @@ def build_pruner(sweep: SweepConfig) -> optuna.pruners.BasePruner:
             min_resource=min_resource, reduction_factor=config.reduction_factor
         )
     return optuna.pruners.HyperbandPruner(min_resource=min_resource, reduction_factor=config.reduction_factor)
+
+
+# --- opening the study -----------------------------------------------------------------------------------------------
 
 
 def _existing_trials(storage: RDBStorage, name: str) -> int:
@@ -177,5 +182,56 @@ def create_or_load_study(
 
 
 def load_study(sweep: SweepConfig, storage_url: str) -> optuna.Study:
-    """An existing study, for reading (status, report, best)."""
-    return optuna.load_study(study_name=sweep.name, storage=open_storage(storage_url))
+    """An existing study, for reading (status, report, best).
+
+    Raises:
+        KeyError: no study of that name in the storage (also when a local SQLite file does not exist: it is not
+            created, so a command that only reads leaves nothing behind).
+    """
+    database = paths.sqlite_file(storage_url)
+    if database is not None and not database.is_file():
+        raise KeyError(sweep.name)
+    return optuna.load_study(study_name=sweep.name, storage=open_storage(storage_url), pruner=build_pruner(sweep))
+
+
+# --- asking and telling ----------------------------------------------------------------------------------------------
+
+
+def enqueue_baseline(study: optuna.Study, point: dict[str, Any]) -> None:
+    """The documented recipe is trial 0 of every sweep, so the search is always measured against it.
+
+    A grid sampler ignores enqueued trials and would run the baseline's point a second time; there the grid runs it
+    once and the runner marks that trial as the baseline.
+    """
+    if isinstance(study.sampler, optuna.samplers.GridSampler):
+        return
+    if not any(trial.user_attrs.get(BASELINE_ATTR) for trial in study.get_trials(deepcopy=False)):
+        study.enqueue_trial(point, user_attrs={BASELINE_ATTR: True}, skip_if_exists=False)
+
+
+def grid_exhausted(study: optuna.Study) -> bool:
+    sampler = study.sampler
+    return isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study)
+
+
+def ask(study: optuna.Study) -> optuna.Trial:
+    """A new trial, with its first heartbeat recorded at once, so that a dead worker's trial is always found."""
+    trial = study.ask()
+    optuna_compat.record_heartbeat(study, optuna_compat.trial_id_of(trial))
+    return trial
+
+
+def tell(study: optuna.Study, trial_id: int, record: TrialRecord) -> None:
+    """Store a trial's outcome: its figures or reason as user attributes, then its state (and values).
+
+    Safe to repeat: an attempt whose connection dropped after the commit has told it already.
+    """
+    trial = optuna_compat.trial_handle(study, trial_id)
+    if optuna_compat.storage_of(study).get_trial(trial_id).state.is_finished():
+        return
+    for key, value in record.to_user_attrs().items():
+        trial.set_user_attr(key, value)
+    if record.state == "COMPLETE":
+        study.tell(trial, record.values)
+    else:
+        study.tell(trial, state=TrialState.PRUNED if record.state == "PRUNED" else TrialState.FAIL)

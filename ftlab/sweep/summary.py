@@ -1,6 +1,7 @@
-"""What a study holds, as plain data: every trial, the best, and the baseline trial to compare it with.
+"""What a study holds, as plain data: every trial's record, the best trial, the baseline trial and the gain between.
 
-``ftlab status``, ``ftlab report`` and the end of ``ftlab sweep`` all read the study through this module.
+``ftlab status``, the report, the end of ``ftlab sweep`` and ``ftlab best`` all read the study through this module:
+there is one way to pick the best trial and one way to compute a gain.
 """
 
 from __future__ import annotations
@@ -10,73 +11,24 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import optuna
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from ftlab.sweep.attrs import BASELINE_ATTR, FAIL_REASON_ATTR, PRUNE_REASON_ATTR, RUN_ID_ATTR
+from ftlab.sweep.record import BASELINE_ATTR, TrialRecord
 
 
-@dataclass
-class TrialRow:
-    number: int
-    state: str
-    baseline: bool
-    params: dict[str, Any]
-    values: list[float] | None
-    eval_loss: float | None
-    perplexity: float | None
-    duration_s: float | None
-    mlflow_run_id: str | None
-    reason: str | None
+@dataclass(frozen=True)
+class Gain:
+    """An improvement over the baseline on one objective; positive is better, whatever the direction."""
+
+    absolute: float
+    relative: float | None  # None when the baseline's value is 0
 
 
-@dataclass
-class Comparison:
-    """The best trial against the baseline trial on the first objective."""
-
-    metric: str
-    best_trial: int
-    best_value: float
-    baseline_trial: int | None
-    baseline_value: float | None
-
-    @property
-    def absolute_gain(self) -> float | None:
-        return None if self.baseline_value is None else self.baseline_value - self.best_value
-
-    @property
-    def relative_gain(self) -> float | None:
-        if self.baseline_value is None or self.baseline_value == 0:
-            return None
-        return (self.baseline_value - self.best_value) / abs(self.baseline_value)
-
-    def sentence(self) -> str:
-        if self.baseline_value is None:
-            best = f"best trial #{self.best_trial}: {self.metric} {self.best_value:.4f}"
-            return f"{best} (the baseline trial has not completed)"
-        if self.best_trial == self.baseline_trial:
-            return f"the baseline (trial #{self.best_trial}) is still the best: {self.metric} {self.best_value:.4f}"
-        relative = self.relative_gain or 0.0
-        return (
-            f"best trial #{self.best_trial}: {self.metric} {self.best_value:.4f} vs baseline #{self.baseline_trial} "
-            f"{self.baseline_value:.4f} ({relative:+.1%} better)"
-        )
-
-
-def trial_row(trial: FrozenTrial) -> TrialRow:
-    duration = trial.duration.total_seconds() if trial.duration else None
-    reason = trial.user_attrs.get(FAIL_REASON_ATTR) or trial.user_attrs.get(PRUNE_REASON_ATTR)
-    return TrialRow(
-        number=trial.number,
-        state=trial.state.name,
-        baseline=bool(trial.user_attrs.get(BASELINE_ATTR)),
-        params=dict(trial.params),
-        values=list(trial.values) if trial.values else None,
-        eval_loss=trial.user_attrs.get("eval_loss"),
-        perplexity=trial.user_attrs.get("perplexity"),
-        duration_s=duration,
-        mlflow_run_id=trial.user_attrs.get(RUN_ID_ATTR),
-        reason=reason,
-    )
+def gain(value: float, baseline: float, direction: StudyDirection) -> Gain:
+    """How much better ``value`` is than ``baseline`` for an objective optimised in ``direction``."""
+    absolute = baseline - value if direction == StudyDirection.MINIMIZE else value - baseline
+    return Gain(absolute, absolute / abs(baseline) if baseline else None)
 
 
 def baseline_trial(study: optuna.Study) -> FrozenTrial | None:
@@ -87,26 +39,73 @@ def baseline_trial(study: optuna.Study) -> FrozenTrial | None:
     return None
 
 
-def best_trials(study: optuna.Study) -> list[FrozenTrial]:
+def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
     """The best trial (one objective) or the Pareto front (several); empty when nothing completed."""
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         return []
     return list(study.best_trials) if len(study.directions) > 1 else [study.best_trial]
 
 
-def compare(study: optuna.Study, metric: str) -> Comparison | None:
-    best = best_trials(study)
-    if not best:
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The best COMPLETE trial; with several objectives, the Pareto-front trial best on the first objective."""
+    front = pareto_front(study)
+    if not front:
         return None
-    sign = 1 if study.directions[0] == optuna.study.StudyDirection.MINIMIZE else -1
-    top = min(best, key=lambda trial: sign * trial.values[0])
+    sign = 1 if study.directions[0] == StudyDirection.MINIMIZE else -1
+    return min(front, key=lambda trial: sign * trial.values[0])
+
+
+@dataclass
+class Comparison:
+    """The best trial against the baseline trial on the first objective."""
+
+    metric: str
+    best: TrialRecord
+    baseline: TrialRecord | None
+    gain: Gain | None  # None until the baseline trial has completed
+
+    @property
+    def best_value(self) -> float:
+        assert self.best.values is not None
+        return self.best.values[0]
+
+    @property
+    def baseline_value(self) -> float | None:
+        return self.baseline.values[0] if self.baseline is not None and self.baseline.values else None
+
+    def sentence(self) -> str:
+        best = f"best trial #{self.best.number}: {self.metric} {self.best_value:.4f}"
+        if self.baseline is None or self.gain is None:
+            return f"{best} (the baseline trial has not completed)"
+        if self.best.number == self.baseline.number:
+            return f"the baseline (trial #{self.best.number}) is still the best: {self.metric} {self.best_value:.4f}"
+        relative = f" ({self.gain.relative:+.1%} better)" if self.gain.relative is not None else ""
+        return f"{best} vs baseline #{self.baseline.number} {self.baseline_value:.4f}{relative}"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric,
+            "best_trial": self.best.number,
+            "best_value": self.best_value,
+            "baseline_trial": self.baseline.number if self.baseline else None,
+            "baseline_value": self.baseline_value,
+            "absolute_gain": self.gain.absolute if self.gain else None,
+            "relative_gain": self.gain.relative if self.gain else None,
+        }
+
+
+def compare(study: optuna.Study, metric: str) -> Comparison | None:
+    """The best trial against the baseline trial; None when no trial has completed."""
+    best = best_trial(study)
+    if best is None:
+        return None
     baseline = baseline_trial(study)
+    found = None if baseline is None else gain(best.values[0], baseline.values[0], study.directions[0])
     return Comparison(
-        metric=metric,
-        best_trial=top.number,
-        best_value=top.values[0],
-        baseline_trial=baseline.number if baseline else None,
-        baseline_value=baseline.values[0] if baseline else None,
+        metric,
+        TrialRecord.from_trial(best),
+        TrialRecord.from_trial(baseline) if baseline else None,
+        found,
     )
 
 
@@ -123,14 +122,8 @@ def status_json(study: optuna.Study, metric: str) -> dict[str, Any]:
     return {
         "study": study.study_name,
         "counts": state_counts(study),
-        "trials": [asdict(trial_row(trial)) for trial in study.get_trials(deepcopy=False)],
-        "best": None
-        if comparison is None
-        else {
-            **asdict(comparison),
-            "absolute_gain": comparison.absolute_gain,
-            "relative_gain": comparison.relative_gain,
-        },
+        "trials": [asdict(TrialRecord.from_trial(trial)) for trial in study.get_trials(deepcopy=False)],
+        "best": None if comparison is None else comparison.as_json(),
     }
 
 

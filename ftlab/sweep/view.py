@@ -42,7 +42,7 @@ class SweepView:
     def on_event(self, event: TrialEvent) -> None:
         with self._lock:
             self._counts = retry_on_connection_loss(lambda: state_counts(self.runner.study))
-            if event.kind == "complete":
+            if event.kind == "COMPLETE":
                 self._best_line = self._comparison_line()
         if not self.live:
             self.console.print(self._event_line(event), highlight=False, soft_wrap=True)
@@ -51,11 +51,10 @@ class SweepView:
         label = f"trial {event.number}" + (" (baseline)" if event.baseline else "")
         if event.kind == "started":
             return f"{label} started: {_short(event.params)}"
-        report = event.report
-        if event.kind == "complete" and report is not None:
-            return f"{label} COMPLETE: eval/loss {report.eval_loss:.4f} in {report.seconds:.1f} s | {self._best_line}"
-        reason = report.reason if report else ""
-        return f"{label} {event.kind.upper()}: {reason}"
+        record = event.record
+        if record is not None and record.state == "COMPLETE":
+            return f"{label} COMPLETE: eval/loss {record.eval_loss:.4f} in {record.seconds:.1f} s | {self._best_line}"
+        return f"{label} {event.kind}: {record.reason if record else ''}"
 
     def render(self) -> Group:
         with self._lock:

@@ -1,0 +1,212 @@
+"""What runs inside a trial's own process: train, report to Optuna for pruning, end the run, write the record.
+
+The sweep starts this through a fork server that has already imported torch, transformers, datasets, MLflow and
+Optuna, so a trial process starts in a fraction of a second yet shares no state (or GPU memory) with the others.
+Whatever happens here, the worker learns it from the result file, or from the exit code when the process died.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from mlflow import MlflowClient
+
+from ftlab.config import SweepConfig
+from ftlab.console import quiet_libraries
+from ftlab.errors import UserError
+from ftlab.fileio import atomic_write_json
+from ftlab.settings import resolve_train_config
+from ftlab.sweep import optuna_compat
+from ftlab.sweep.process import TrialJob
+from ftlab.sweep.record import TrialRecord
+from ftlab.sweep.resilience import retry_on_connection_loss
+from ftlab.sweep.study import build_pruner, open_storage
+from ftlab.tracking import TrackedRun
+from ftlab.training.callbacks import TrainingCallback, TrainPlan
+from ftlab.training.loop import NonFiniteLossError, TrainingPreemptedError
+from ftlab.training.oom import OutOfMemoryAtBatchOneError
+from ftlab.trial import run_trial
+
+
+class SettingsNotAppliedError(RuntimeError):
+    """A sampled hyperparameter did not reach the trainer as sampled."""
+
+
+class PruningCallback(TrainingCallback):
+    """Reports the objective at fidelity points measured in tokens seen and stops the trial if Optuna says so."""
+
+    def __init__(self, trial: optuna.Trial, metric: str, expected: dict[str, Any], can_prune: bool) -> None:
+        self.trial = trial
+        self.metric = metric
+        self.expected = expected
+        self.can_prune = can_prune
+
+    def on_train_begin(self, plan: TrainPlan) -> None:
+        # A silently ignored hyperparameter would make the sweep's result a lie: check what the trainer really uses.
+        lr = self.expected["learning_rate"]
+        if not math.isclose(plan.learning_rate, lr, rel_tol=1e-9):
+            raise SettingsNotAppliedError(f"learning_rate sampled {lr} but the optimizer runs at {plan.learning_rate}")
+        batch = self.expected["total_train_batch_size"]
+        if plan.total_train_batch_size != batch:
+            raise SettingsNotAppliedError(
+                f"effective batch sampled {batch} but the trainer runs {plan.per_device_train_batch_size} × "
+                f"{plan.gradient_accumulation_steps} = {plan.total_train_batch_size}"
+            )
+
+    def on_evaluate(self, step: int, tokens_seen: int, metrics: dict[str, float]) -> None:
+        if not self.can_prune or self.metric not in metrics:
+            return
+        value = metrics[self.metric]
+        retry_on_connection_loss(lambda: self.trial.report(value, step=tokens_seen))
+        if retry_on_connection_loss(self.trial.should_prune):
+            raise optuna.TrialPruned(f"pruned after {tokens_seen:,} tokens: {self.metric} {value:.4f}")
+
+
+class ProgressCallback(TrainingCallback):
+    """Writes the latest step, loss and eval loss to a small file that the sweep's live view reads."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.state: dict[str, Any] = {"step": 0, "total_steps": None, "train_loss": None, "eval_loss": None}
+
+    def on_train_begin(self, plan: TrainPlan) -> None:
+        self.state.update(step=0, total_steps=plan.total_steps)
+        atomic_write_json(self.path, self.state)
+
+    def on_log(self, step: int, metrics: dict[str, float]) -> None:
+        self.state.update(step=step, train_loss=metrics["train/loss"])
+        atomic_write_json(self.path, self.state)
+
+    def on_evaluate(self, step: int, tokens_seen: int, metrics: dict[str, float]) -> None:
+        self.state.update(step=step, eval_loss=metrics["eval/loss"])
+        atomic_write_json(self.path, self.state)
+
+
+def objective_values(sweep: SweepConfig, record: TrialRecord) -> list[float]:
+    """The sweep's objectives, in order, from a COMPLETE trial's figures."""
+    assert record.eval_loss is not None and record.perplexity is not None and record.seconds is not None
+    by_metric = {
+        "eval/loss": record.eval_loss,
+        "eval/perplexity": record.perplexity,
+        "cost/device_hours": record.seconds / 3600,
+    }
+    return [by_metric[objective.metric] for objective in sweep.objectives]
+
+
+# Failures whose message says all there is to say; any other error is a bug, and its run keeps the traceback.
+EXPECTED_FAILURES = (UserError, SettingsNotAppliedError, OutOfMemoryAtBatchOneError)
+
+
+def record_for(error: BaseException) -> TrialRecord:
+    """What a trial that raised ``error`` comes to."""
+    if isinstance(error, optuna.TrialPruned):
+        return TrialRecord("PRUNED", str(error))
+    if isinstance(error, NonFiniteLossError):
+        return TrialRecord("PRUNED", f"pruned: {error}")
+    if isinstance(error, TrainingPreemptedError):
+        return TrialRecord("FAIL", str(error), retry=True)  # the retry resumes from the checkpoint it saved
+    if isinstance(error, KeyboardInterrupt):
+        return TrialRecord("FAIL", "stopped by Ctrl-C")
+    if isinstance(error, EXPECTED_FAILURES):
+        return TrialRecord("FAIL", str(error))
+    return TrialRecord("FAIL", f"{type(error).__name__}: {error}")
+
+
+def run_ending(error: BaseException) -> tuple[str, str]:
+    """How a trial's MLflow run ends on ``error``: KILLED when pruned or stopped, FAILED when it failed."""
+    record = record_for(error)
+    reason = record.reason or ""
+    if record.state == "PRUNED" or record.retry or isinstance(error, KeyboardInterrupt):
+        return "KILLED", reason
+    if not isinstance(error, EXPECTED_FAILURES):
+        reason += "\n" + "".join(traceback.format_exception(error, limit=8))
+    return "FAILED", reason
+
+
+def _die_with_worker(worker_pid: int) -> None:
+    """Kill this trial if its worker dies, so no orphan keeps training (and holding the GPU) after a SIGKILL.
+
+    The trial's parent is the fork server, which outlives the worker while any trial runs, so watch the worker itself.
+    """
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(worker_pid, 0)
+            except ProcessLookupError:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="ftlab-worker-watch", daemon=True).start()
+
+
+def run_trial_job(job: TrialJob) -> None:
+    """Entry point of a trial process. Never raises: every outcome ends in the result file and the run's state."""
+    _die_with_worker(job.worker_pid)
+    if job.cuda_visible_devices is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = job.cuda_visible_devices  # before anything touches CUDA
+    os.environ["FTLAB_TRIAL_NUMBER"] = str(job.trial_number)
+    if job.cpu_threads:
+        torch.set_num_threads(job.cpu_threads)
+    quiet_libraries()
+    # SIGTERM (preemption, from the worker or from a scheduler signalling the whole job) ends the trial at the next
+    # step boundary with a checkpoint, so its retry loses nothing.
+    stop_requested = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop_requested.set())
+    run = TrackedRun(MlflowClient(tracking_uri=job.tracking_uri), job.run_id, ending=run_ending)
+    try:
+        with run:
+            record = _train(job, run, stop_requested)
+    except BaseException as error:
+        if isinstance(error, KeyboardInterrupt):
+            # A terminal's Ctrl-C reaches this process directly and again through the sweep; let only one count.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        record = record_for(error)
+    record.write(Path(job.result_file))
+    # Everything is stored (the run ended after its metrics were flushed). Skip interpreter teardown, which waits up
+    # to a second for MLflow's idle logging threads: a second per trial, for nothing.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _train(job: TrialJob, run: TrackedRun, stop_requested: threading.Event) -> TrialRecord:
+    sweep = SweepConfig.model_validate(job.sweep)
+    sweep_dir = Path(job.sweep_dir)
+    study = retry_on_connection_loss(
+        lambda: optuna.load_study(
+            study_name=sweep.name, storage=open_storage(job.storage_url), pruner=build_pruner(sweep)
+        )
+    )
+    trial = optuna_compat.trial_handle(study, job.trial_id)
+    train_config = resolve_train_config(sweep, sweep_dir, job.overrides)
+    expected = {
+        "learning_rate": train_config.learning_rate,
+        "total_train_batch_size": train_config.total_train_batch_size,
+    }
+    callbacks = [
+        PruningCallback(trial, sweep.objectives[0].metric, expected, can_prune=len(sweep.objectives) == 1),
+        ProgressCallback(Path(job.progress_file)),
+    ]
+    record = run_trial(
+        sweep,
+        train_config,
+        run,
+        Path(job.trial_dir),
+        sweep_dir=sweep_dir,
+        callbacks=callbacks,
+        resume_from=Path(job.resume_from) if job.resume_from else None,
+        stop_requested=stop_requested,
+    )
+    record.values = objective_values(sweep, record)
+    return record
