@@ -3,7 +3,7 @@
 FROM python:3.11-slim
 
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1
-RUN pip install "mlflow==3.17.*" "psycopg2-binary==2.9.*"
+RUN pip install "mlflow==3.17.*" "psycopg[binary]==3.2.*"
 
 # Artifacts proxied by the server (--serve-artifacts) land here; docker-compose.yml mounts a volume on it.
 RUN mkdir /mlartifacts

@@ -20,6 +20,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ftlab.console import quiet_libraries
@@ -48,20 +49,38 @@ TrackingUri = Annotated[
 
 
 @app.command()
-def validate(files: Annotated[list[Path], typer.Argument(help="Sweep files to check.")]) -> None:
-    """Check sweep files against the schema and report every problem at once."""
+def validate(
+    files: Annotated[list[Path], typer.Argument(help="Sweep files to check.")],
+    schema_only: Annotated[
+        bool,
+        typer.Option("--schema-only", help="Check the files and their search spaces only: no model, data or services."),
+    ] = False,
+) -> None:
+    """Check that sweeps can start: the schema, every value the search can produce, the model, the data (prepared
+    and cached), the storage and the tracking server. Every problem is reported at once."""
+    quiet_libraries()
+    from ftlab import preflight
     from ftlab.config import load_sweep
-    from ftlab.settings import resolve_train_config
+    from ftlab.sweep.orchestrate import tracking_uri_for
+    from ftlab.sweep.study import storage_url_for
 
     problems = []
     for file in files:
         try:
             sweep = load_sweep(file)
-            resolve_train_config(sweep, file.parent, source=str(file))
         except UserError as error:
             problems.extend(error.problems)
             continue
-        console.print(f"[green]ok[/green] {file}")
+        if schema_only:
+            found = preflight.settings_problems(sweep, file.parent, str(file))[1]
+        else:
+            found = preflight.trial_problems(sweep, file.parent, str(file))
+            found += preflight.service_problems(
+                storage_url_for(sweep), tracking_uri_for(sweep), f"{file}:storage.url", f"{file}:tracking.uri"
+            )
+        problems.extend(found)
+        if not found:
+            console.print(f"[green]ok[/green] {escape(str(file))}")
     if problems:
         raise UserError(problems)
 
@@ -139,6 +158,7 @@ def train_command(
 ) -> None:
     """Run one trial: the sweep file's baseline configuration (plus any --set), tracked as one MLflow run."""
     quiet_libraries()
+    from ftlab import preflight
     from ftlab.config import load_sweep
     from ftlab.settings import parse_set_options, resolve_train_config
     from ftlab.sweep.orchestrate import tracking_uri_for
@@ -148,6 +168,12 @@ def train_command(
     sweep = load_sweep(file)
     train_config = resolve_train_config(sweep, file.parent, parse_set_options(set_ or []), source=str(file))
     uri = tracking_uri_for(sweep, tracking_uri)
+    tracking_where = "--tracking-uri" if tracking_uri else f"{file}:tracking.uri"
+    preflight.raise_problems(
+        preflight.model_problems(sweep, str(file))
+        + preflight.data_problems(sweep, file.parent, [train_config], str(file))
+        + preflight.tracking_problems(uri, tracking_where)
+    )
     console.print(
         f"training [bold]{sweep.name}[/bold] baseline on {sweep.model.name_or_path}; tracking at {redact_url(uri)}",
         highlight=False,
@@ -174,16 +200,33 @@ StorageUrl = Annotated[
 ]
 
 
+AcceptChanges = Annotated[
+    bool,
+    typer.Option(
+        "--accept-changes",
+        help="Go on with a study although the sweep file's search space, objective or baseline changed (recorded).",
+    ),
+]
+
+
 @contextmanager
 def stops_cleanly() -> Iterator[None]:
     """Ctrl-C exits 130 and SIGTERM (preemption) 143, each with a line saying what happens to the trials.
 
     Here and not in ``main``: typer turns a KeyboardInterrupt into a silent exit 130 before ``main`` could see it.
     """
-    from ftlab.sweep.runner import PreemptedError
+    from ftlab.sweep.runner import PreemptedError, SweepFailingError
 
     try:
         yield
+    except SweepFailingError as error:
+        err_console.print(
+            f"[bold red]error:[/bold red] the sweep stopped: {escape(str(error))}. Finished trials are stored; fix "
+            "the cause and run the same command again.",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1) from None
     except PreemptedError:
         err_console.print("stopped by SIGTERM: the interrupted trials saved a checkpoint and will be retried")
         raise typer.Exit(143) from None
@@ -209,6 +252,7 @@ def sweep(
     workers: Annotated[int, typer.Option("--workers", help="Trials at once on this machine (one per GPU).")] = 1,
     storage: StorageUrl = None,
     tracking_uri: TrackingUri = None,
+    accept_changes: AcceptChanges = False,
 ) -> None:
     """Run (or resume) an Optuna study around the baseline; every trial is a process and a nested MLflow run."""
     start_trial_server()
@@ -225,6 +269,7 @@ def sweep(
             storage_url=storage,
             tracking_uri=tracking_uri,
             console=console,
+            accept_changes=accept_changes,
         )
     console.print(outcome.comparison.sentence() if outcome.comparison else "no trial completed")
     console.print(f"report: {outcome.report_dir} (also logged to MLflow run {outcome.parent_run_id})")
@@ -252,6 +297,7 @@ def worker(
     ] = None,
     timeout: Annotated[float | None, typer.Option("--timeout", help="Seconds after which no new trial starts.")] = None,
     workers: Annotated[int, typer.Option("--workers", help="Trials at once on this machine (one per GPU).")] = 1,
+    accept_changes: AcceptChanges = False,
 ) -> None:
     """Join a shared study from any machine and run trials until its budget is spent."""
     start_trial_server()
@@ -262,6 +308,7 @@ def worker(
         outcome = run_sweep(
             file, n_trials=n_trials, timeout=timeout, workers=workers, storage_url=storage, tracking_uri=tracking_uri,
             console=console, live=False, seed_salt=secrets.randbits(32),  # workers must not draw alike
+            accept_changes=accept_changes,
         )  # fmt: skip
     console.print(outcome.comparison.sentence() if outcome.comparison else "no trial completed")
 
@@ -451,7 +498,8 @@ def _run() -> None:
     try:
         app()
     except UserError as error:
-        err_console.print(f"[bold red]error:[/bold red] {error}", highlight=False, soft_wrap=True)
+        # User text (values, paths, YAML excerpts) is printed as it is: `[...]` in it is not rich markup.
+        err_console.print(f"[bold red]error:[/bold red] {escape(str(error))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except Exception as error:
         from ftlab.sweep.resilience import RECONNECT_TIMEOUT_S, is_connection_loss

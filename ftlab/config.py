@@ -144,7 +144,12 @@ class FloatParam(StrictModel):
     low: float
     high: float
     log: bool = False
-    step: float | None = None
+    step: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _a_range_optuna_can_sample(self) -> FloatParam:
+        _check_range(self.low, self.high, self.log, self.step is not None)
+        return self
 
 
 class IntParam(StrictModel):
@@ -152,7 +157,22 @@ class IntParam(StrictModel):
     low: int
     high: int
     log: bool = False
-    step: int = 1
+    step: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _a_range_optuna_can_sample(self) -> IntParam:
+        _check_range(self.low, self.high, self.log, self.step != 1)
+        return self
+
+
+def _check_range(low: float, high: float, log: bool, stepped: bool) -> None:
+    """What Optuna would refuse only once a trial asks for a value: say it when the file is read."""
+    if not low < high:
+        raise ValueError(f"`low` ({low}) must be below `high` ({high})")
+    if log and low <= 0:
+        raise ValueError(f"a log range needs `low` above 0, got {low}; use `log: false` or a positive `low`")
+    if log and stepped:
+        raise ValueError("a range can be `log: true` or have a `step`, not both")
 
 
 class CategoricalParam(StrictModel):
@@ -219,6 +239,10 @@ class BudgetConfig(StrictModel):
     """Seconds after which no new trial starts."""
     max_trials: int | None = Field(default=None, ge=1)
     """Trials to start at most, whatever their outcome: a safety net for searches where most trials are pruned."""
+    max_failures_in_a_row: int = Field(default=3, ge=1)
+    """The sweep stops when this many trials in a row fail with errors of their own (a failing baseline trial stops
+    it at once): the same error again and again would burn machines for nothing. A lost worker or a preempted trial
+    does not count."""
 
 
 class TrackingConfig(StrictModel):

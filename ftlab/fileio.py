@@ -7,9 +7,11 @@ that fails (a crash, a full disk) leaves no temporary file behind.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import resource
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,6 +22,77 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 logger = logging.getLogger(__name__)
+
+
+class NoSpaceError(OSError):
+    """A write failed for want of room: the disk or quota is full, or the file-size limit (``ulimit -f``) is hit."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.errno = code
+
+
+_SPACE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+# Libraries written in Rust or C++ (safetensors, torch's own writer) report the OS error in their message only.
+_SPACE_MESSAGES = {
+    "No space left on device": errno.ENOSPC,
+    "os error 28)": errno.ENOSPC,
+    "File too large": errno.EFBIG,
+    "os error 27)": errno.EFBIG,
+    "Disk quota exceeded": errno.EDQUOT,
+    "os error 122)": errno.EDQUOT,
+}
+
+
+def _space_errno(error: BaseException | None) -> int | None:
+    """The errno of a disk-space failure anywhere in ``error``'s chain of causes, else None."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in _SPACE_ERRNOS:
+            return error.errno
+        for text, code in _SPACE_MESSAGES.items():
+            if text in str(error):
+                return code
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _mount_point(path: Path) -> Path:
+    path = path.resolve()
+    while not path.is_mount():
+        path = path.parent
+    return path
+
+
+def no_space_error(error: BaseException, target: Path, what: str | None = None) -> NoSpaceError | None:
+    """``error`` named for a person, when it was the disk, a quota or the file-size limit; else None."""
+    code = _space_errno(error)
+    if code is None:
+        return None
+    target = Path(target)
+    writing = f"while writing {what + ' ' if what else ''}{target}"
+    if code == errno.EFBIG:
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        shown = "unlimited" if limit == resource.RLIM_INFINITY else f"{limit:,} bytes"
+        return NoSpaceError(code, f"file too large {writing}: the file-size limit (ulimit -f) is {shown}")
+    folder = target.parent if target.parent.exists() else Path.cwd()
+    free = shutil.disk_usage(folder).free / 2**20
+    return NoSpaceError(code, f"no space left on {_mount_point(folder)} {writing} ({free:,.0f} MB free)")
+
+
+@contextmanager
+def naming_space_errors(target: str | Path, what: str | None = None) -> Iterator[None]:
+    """Turn a failed write into a :class:`NoSpaceError` that says where and how much room was left."""
+    try:
+        yield
+    except NoSpaceError:
+        raise
+    except Exception as error:
+        named = no_space_error(error, Path(target), what)
+        if named is None:
+            raise
+        raise named from error
 
 
 def _sibling(path: Path, tag: str) -> Path:
@@ -39,20 +112,22 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling path to write a file or a folder into; on success it replaces ``target``.
 
     A folder replaces an existing folder too (POSIX cannot rename over a non-empty one, so the old one is moved aside
-    first and removed after). On any exception the temporary path is removed and the target is left as it was.
+    first and removed after). On any exception the temporary path is removed and the target is left as it was; a full
+    disk or a file-size limit is raised as a :class:`NoSpaceError` that says so.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
     staging = _sibling(target, "tmp")
     try:
-        yield staging
-        if staging.is_dir() and target.is_dir():
-            retired = _sibling(target, "old")
-            os.replace(target, retired)
-            os.replace(staging, target)
-            _remove(retired)
-        else:
-            os.replace(staging, target)
+        with naming_space_errors(target):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            yield staging
+            if staging.is_dir() and target.is_dir():
+                retired = _sibling(target, "old")
+                os.replace(target, retired)
+                os.replace(staging, target)
+                _remove(retired)
+            else:
+                os.replace(staging, target)
     except BaseException:
         _remove(staging)
         raise

@@ -22,6 +22,7 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 
 from ftlab import paths
 from ftlab.config import SweepConfig
+from ftlab.fileio import naming_space_errors
 from ftlab.training.callbacks import TrainingCallback, TrainPlan
 
 PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's documented system tag that nests a run under its parent
@@ -78,6 +79,9 @@ def end_run(tracking_uri: str, run_id: str, status: str, reason: str | None = No
     TrackedRun(MlflowClient(tracking_uri=tracking_uri), run_id).end(status, reason)
 
 
+Ending = Callable[[BaseException], tuple[str, str] | None]
+
+
 def _ending_for(error: BaseException) -> tuple[str, str]:
     """How a run ends when its block raises: Ctrl-C is KILLED, anything else FAILED, with the reason."""
     if isinstance(error, KeyboardInterrupt):
@@ -92,16 +96,12 @@ class _Pending(Protocol):
 class TrackedRun:
     """One MLflow run, addressed by id in every call; a context manager that ends it (see the module docstring).
 
-    ``ending`` decides how an error ends the run (status, reason); callers that know their own errors (a pruned
-    trial ends KILLED) pass theirs. ``end()`` inside the block ends the run early with the caller's choice.
+    ``ending`` decides how an error ends the run (status, reason), or None to leave the run as someone else ended it;
+    callers that know their own errors (a pruned trial ends KILLED) pass theirs. ``end()`` inside the block ends the
+    run early with the caller's choice.
     """
 
-    def __init__(
-        self,
-        client: MlflowClient,
-        run_id: str,
-        ending: Callable[[BaseException], tuple[str, str]] = _ending_for,
-    ) -> None:
+    def __init__(self, client: MlflowClient, run_id: str, ending: Ending = _ending_for) -> None:
         os.environ.setdefault(*_ASYNC_BUFFERING)
         self.client = client
         self.run_id = run_id
@@ -135,8 +135,8 @@ class TrackedRun:
             return
         if error is None:
             self.end("FINISHED")
-        else:
-            self.end(*self.ending(error))
+        elif (ending := self.ending(error)) is not None:
+            self.end(*ending)
 
     def log_params(self, params: Mapping[str, str]) -> None:
         # MlflowClient.log_batch splits what exceeds MLflow's per-request limits itself.
@@ -154,10 +154,13 @@ class TrackedRun:
             self._pending.append(operation)
 
     def log_artifacts(self, local_dir: Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
+        # A local artifact store is a copy on this machine's disk: a full one is named, not "Errno 28".
+        with naming_space_errors(local_dir, "the MLflow artifacts of"):
+            self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
 
     def log_artifact(self, local_file: Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(local_file), artifact_path)
+        with naming_space_errors(local_file, "the MLflow artifact"):
+            self.client.log_artifact(self.run_id, str(local_file), artifact_path)
 
     def end(self, status: str = "FINISHED", reason: str | None = None) -> None:
         """Close the run with ``status`` (FINISHED, KILLED or FAILED) once every queued metric is stored.

@@ -22,6 +22,7 @@ from ftlab import paths
 from ftlab.config import SweepConfig, TrainConfig
 from ftlab.data import prepare_data
 from ftlab.errors import DataError
+from ftlab.fileio import atomic_path
 from ftlab.sweep.record import TrialRecord
 from ftlab.tracking import MlflowCallback, TrackedRun, flatten
 from ftlab.training.callbacks import CallbackList, TrainingCallback, TrainResult
@@ -150,8 +151,9 @@ def run_trial(
 
     model, result, applied = with_oom_retry(attempt, train_config, on_retry=on_oom_retry)
     model_dir = trial_dir / "final"
-    model.save_pretrained(model_dir, safe_serialization=True)
-    tokenizer.save_pretrained(model_dir)
+    with atomic_path(model_dir) as staging:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
     if sweep.tracking.artifacts != "none":
         run.log_artifacts(model_dir, "model")
     if sweep.tracking.artifacts == "all" and (trial_dir / "best").is_dir():

@@ -19,7 +19,7 @@ Fixtures:
   may ``stop()`` it and the next test gets it started again, on the same port.
 
 A test skips, with the reason, when PostgreSQL is not reachable. ``FTLAB_TEST_POSTGRES`` overrides the server URL
-(default ``postgresql+psycopg2://postgres@127.0.0.1:5432``, trust authentication).
+(default ``postgresql://postgres@127.0.0.1:5432``, the plain form users write, which SQLAlchemy opens with psycopg 3, trust authentication).
 
 PYTEST_DONT_REWRITE: nothing here asserts for a test, so a test module may import from this module before pytest
 loads it as a plugin.
@@ -47,7 +47,7 @@ from sqlalchemy.exc import OperationalError
 
 from ftlab.tracking import redact_url
 
-POSTGRES_SERVER_URL = os.environ.get("FTLAB_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432")
+POSTGRES_SERVER_URL = os.environ.get("FTLAB_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
 _CONNECT_TIMEOUT_S = 3
 _STARTUP_TIMEOUT_S = 60
 _STOP_TIMEOUT_S = 15
@@ -90,10 +90,10 @@ def postgres_database(prefix: str = "ftlab_test", server_url: str = POSTGRES_SER
 
     Args:
         prefix: the start of the database's name (letters, digits, underscores); a random suffix follows.
-        server_url: the server, without a database: ``postgresql+psycopg2://USER[:PASSWORD]@HOST:PORT``.
+        server_url: the server, without a database: ``postgresql://USER[:PASSWORD]@HOST:PORT``.
 
     Yields:
-        ``{server_url}/{name}``, e.g. ``postgresql+psycopg2://postgres@127.0.0.1:5432/ftlab_test_3f2a…``.
+        ``{server_url}/{name}``, e.g. ``postgresql://postgres@127.0.0.1:5432/ftlab_test_3f2a…``.
 
     Raises:
         pytest.skip.Exception: the server is not reachable (the test is skipped with the reason).
@@ -153,7 +153,7 @@ def mlflow_server_command(
     """The ``mlflow server`` command line the tests run; docker-compose.yml's ``mlflow`` service has the same flags.
 
     Args:
-        backend_uri: the backend store, a SQLAlchemy URL (``postgresql+psycopg2://…``).
+        backend_uri: the backend store, a SQLAlchemy URL (``postgresql://…``).
         artifacts_dir: where the server stores the artifacts it proxies; new experiments get ``mlflow-artifacts:/``.
         host: the interface to bind.
         port: the port to listen on.

@@ -150,7 +150,7 @@ def test_mlflow_service_runs_the_tests_server_command(compose: dict[str, Any]) -
     )
     assert command[2:] == expected[expected.index("server") + 1 :], "flags differ from tests/services.py"
 
-    assert values["--backend-store-uri"].startswith("postgresql+psycopg2://")
+    assert values["--backend-store-uri"].startswith("postgresql://")
     assert values["--backend-store-uri"].endswith("@postgres:5432/mlflow")
     assert values["--host"] == "0.0.0.0" and values["--port"] == "5000"  # inside the container; published on 127.0.0.1
     assert f"{values['--artifacts-destination']}" in " ".join(service["volumes"])
@@ -161,7 +161,7 @@ def test_mlflow_service_runs_the_tests_server_command(compose: dict[str, Any]) -
 def test_dashboard_reads_the_optuna_database(compose: dict[str, Any]) -> None:
     command = _command(_services(compose)["optuna-dashboard"])
     assert command[:5] == ["optuna-dashboard", "--host", "0.0.0.0", "--port", "8080"]
-    assert command[-1].startswith("postgresql+psycopg2://") and command[-1].endswith("@postgres:5432/optuna")
+    assert command[-1].startswith("postgresql://") and command[-1].endswith("@postgres:5432/optuna")
 
 
 def _worker_argv(argv: list[str]) -> list[str]:
@@ -177,7 +177,7 @@ def test_worker_runs_ftlab_worker_on_the_shared_services(compose: dict[str, Any]
     argv = _worker_argv(_command(worker))
     assert argv[2].startswith("sweeps/")
     values = _option_values(argv)
-    assert values["--storage"].startswith("postgresql+psycopg2://")
+    assert values["--storage"].startswith("postgresql://")
     assert values["--storage"].endswith("@postgres:5432/optuna")
     assert values["--tracking-uri"] == "http://mlflow:5000"
     gpus = worker["deploy"]["resources"]["reservations"]["devices"]

@@ -77,4 +77,4 @@ def test_the_stored_attribute_names_stay_those_earlier_versions_wrote() -> None:
         "gradient_accumulation_steps",
     }
     assert TrialRecord("PRUNED", "why").to_user_attrs() == {"prune_reason": "why"}
-    assert TrialRecord("FAIL", "why").to_user_attrs() == {"fail_reason": "why"}
+    assert TrialRecord("FAIL", "why").to_user_attrs() == {"fail_reason": "why", "stopped_from_outside": False}

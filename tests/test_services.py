@@ -20,7 +20,7 @@ pytestmark = pytest.mark.services
 
 def test_postgres_database_is_created_and_dropped() -> None:
     with postgres_database("ftlab_selftest") as url:
-        assert url.startswith("postgresql+psycopg2://postgres@127.0.0.1:5432/ftlab_selftest_")
+        assert url.startswith("postgresql://postgres@127.0.0.1:5432/ftlab_selftest_")
         assert database_exists(url)
         engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.NullPool)
         with engine.connect() as connection:  # left open on purpose: dropping must terminate it
@@ -43,7 +43,7 @@ def test_postgres_fixture_gives_a_usable_empty_database(postgres_url: str) -> No
 def test_unreachable_postgres_skips_with_the_reason() -> None:
     with (
         pytest.raises(pytest.skip.Exception, match=r"PostgreSQL is not reachable at .*127\.0\.0\.1:1"),
-        postgres_database(server_url="postgresql+psycopg2://postgres:secret@127.0.0.1:1"),
+        postgres_database(server_url="postgresql://postgres:secret@127.0.0.1:1"),
     ):
         pass
 
@@ -51,7 +51,7 @@ def test_unreachable_postgres_skips_with_the_reason() -> None:
 def test_unreachable_postgres_reason_hides_the_password() -> None:
     with (
         pytest.raises(pytest.skip.Exception) as skipped,
-        postgres_database(server_url="postgresql+psycopg2://postgres:hunter2@127.0.0.1:1"),
+        postgres_database(server_url="postgresql://postgres:hunter2@127.0.0.1:1"),
     ):
         pass
     assert "hunter2" not in str(skipped.value)
@@ -69,7 +69,7 @@ def test_mlflow_server_tracks_through_postgres_and_proxies_artifacts(
     mlflow_server: MlflowServer, tmp_path: Path
 ) -> None:
     assert mlflow_server.uri == f"http://127.0.0.1:{mlflow_server.port}"
-    assert mlflow_server.backend_uri.startswith("postgresql+psycopg2://")
+    assert mlflow_server.backend_uri.startswith("postgresql://")
     client = MlflowClient(tracking_uri=mlflow_server.uri)
     experiment_id = client.create_experiment(f"selftest-{uuid.uuid4().hex[:8]}")
     assert client.get_experiment(experiment_id).artifact_location.startswith("mlflow-artifacts:")

@@ -189,13 +189,22 @@ def test_ctrl_c_ends_runs_killed_and_the_study_resumes(tmp_path: Path) -> None:
     __, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
     study = load_study(tmp_path)
-    assert [trial.state.name for trial in study.trials] == ["FAIL"]
+    # The interrupted trial is queued again with the same params: stopped from outside, it is not its own failure.
+    assert [trial.state.name for trial in study.trials] == ["FAIL", "WAITING"]
     assert study.trials[0].user_attrs["fail_reason"] == "stopped by Ctrl-C"
     runs = runs_of(tmp_path, "small")
     assert len(runs) == 2
     assert all(run.info.status == "KILLED" for run in runs), [(r.info.run_name, r.info.status) for r in runs]
 
-    # Resumable: the same command again finishes the budget; the interrupted trial stays as it was.
-    resumed = run_ftlab("sweep", str(write_sweep(tmp_path, budget={"n_trials": 1})), cwd=tmp_path)
+    # Resumable: run again, the interrupted baseline runs again and the budget is met. Here the run is also made
+    # shorter, a change of the sweep's baseline settings that has to be accepted (and is recorded in the study).
+    shorter = write_sweep(tmp_path, budget={"n_trials": 1})
+    refused = run_ftlab("sweep", str(shorter), cwd=tmp_path)
+    assert refused.returncode == 2 and "baseline.num_train_epochs: 20.0 → 1.0" in refused.stderr, refused.stderr
+    resumed = run_ftlab("sweep", str(shorter), "--accept-changes", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
-    assert [trial.state.name for trial in load_study(tmp_path).trials] == ["FAIL", "COMPLETE"]
+    study = load_study(tmp_path)
+    assert [trial.state.name for trial in study.trials] == ["FAIL", "COMPLETE"]
+    assert study.trials[1].params == study.trials[0].params and study.trials[1].user_attrs["baseline"] is True
+    (change,) = study.user_attrs["ftlab.sweep_changes"]
+    assert change["changes"] == ["baseline.num_train_epochs: 20.0 → 1.0"]

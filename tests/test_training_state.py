@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import inspect
 import math
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pytest
 import torch
 
 from ftlab.config import TrainConfig
+from ftlab.fileio import NoSpaceError
 from ftlab.training.callbacks import CallbackList, TrainingCallback
 from ftlab.training.checkpoint import load_training_state, save_model_atomically, save_training_state
 from ftlab.training.loop import TrainingPreemptedError, train
@@ -93,12 +95,13 @@ def test_a_failed_checkpoint_write_leaves_the_previous_one_and_no_temporary_file
     path = tmp_path / "checkpoint.pt"
     save_training_state({"step": 1}, path)
 
-    def torn_save(obj: Any, file: Path) -> None:
-        Path(file).write_bytes(b"half a checkpoint")
-        raise OSError("disk full")
+    def torn_save(obj: Any, file: BinaryIO) -> None:
+        file.write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", torn_save)
-    with pytest.raises(OSError, match="disk full"):
+    # The disk is named, with what was being written and the room left.
+    with pytest.raises(NoSpaceError, match=r"no space left on /.* while writing .*checkpoint\.pt \(.* MB free\)"):
         save_training_state({"step": 2}, path)
     assert load_training_state(path) == {"step": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]

@@ -1,4 +1,5 @@
-"""The sweep's budget as a pure function of the study's trials: start another trial, wait, or stop.
+"""The sweep's budget as pure functions of the study's trials: start another trial, wait, or stop, and the failure
+budget that stops a sweep whose trials keep failing.
 
 Every worker of a study (threads here, processes on other machines) asks this under the study lock just before it
 asks Optuna for a trial, so all of them agree and the budget is met exactly.
@@ -8,10 +9,12 @@ from __future__ import annotations
 
 import enum
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from optuna.trial import TrialState
+
+from ftlab.sweep.record import TrialRecord
 
 
 class Decision(enum.Enum):
@@ -47,3 +50,29 @@ def decide(states: Iterable[TrialState], budget: Budget, grid_exhausted: bool = 
     if complete + counts[TrialState.RUNNING] >= budget.n_trials:
         return Decision.WAIT
     return Decision.START
+
+
+def _first_line(text: str | None) -> str:
+    return (text or "").strip().splitlines()[0] if (text or "").strip() else "(no reason given)"
+
+
+def failing(finished: Sequence[TrialRecord], max_in_a_row: int) -> str | None:
+    """Why the sweep must stop because its trials keep failing, or None to go on.
+
+    ``finished`` holds the trials that finished since this worker started, in the order they finished. A baseline
+    trial that failed by an error of its own stops the sweep (nothing can be compared with it), and so do
+    ``max_in_a_row`` trials in a row that did. Trials stopped from outside (a lost worker, preemption, Ctrl-C) neither
+    count nor break a run of failures: they are retried.
+    """
+    outcomes = [record for record in finished if record.own_failure or record.state != "FAIL"]
+    for record in outcomes:
+        if record.baseline and record.own_failure:
+            return f"the baseline trial #{record.number} failed: {_first_line(record.reason)}"
+    last = outcomes[-max_in_a_row:]
+    if len(last) < max_in_a_row or not all(record.own_failure for record in last):
+        return None
+    reason, count = Counter(_first_line(record.reason) for record in last).most_common(1)[0]
+    trials = ", ".join(f"#{record.number}" for record in last)
+    which = "each with" if count == len(last) else f"{count} of them with"
+    counted = f"{len(last)} trials in a row" if len(last) > 1 else "a trial"
+    return f"{counted} failed ({trials}), {which}: {reason}"

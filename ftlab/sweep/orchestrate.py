@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+from mlflow import MlflowClient
 from rich.console import Console
 
-from ftlab import paths
+from ftlab import paths, preflight
 from ftlab.config import SweepConfig, load_sweep
 from ftlab.errors import UserError
+from ftlab.sweep.forkserver import trial_process_context
+from ftlab.sweep.process import WorkerContext, call_in_context
 from ftlab.sweep.reaper import reap, stale_trial_callback
 from ftlab.sweep.record import PARENT_RUN_ATTR, REPORTED_ATTR
 from ftlab.sweep.report import log_report
-from ftlab.sweep.resilience import retry_on_connection_loss
-from ftlab.sweep.runner import PreemptedError, SweepRunner
-from ftlab.sweep.study import create_or_load_study, load_study, storage_url_for
+from ftlab.sweep.resilience import is_concurrent_schema_creation, retry_on_connection_loss
+from ftlab.sweep.runner import PreemptedError, SweepFailingError, SweepRunner
+from ftlab.sweep.study import StudyLock, create_or_load_study, load_study, open_storage, storage_url_for
 from ftlab.sweep.summary import Comparison, compare
 from ftlab.sweep.view import SweepView
 
@@ -46,11 +50,17 @@ def run_sweep(
     console: Console | None = None,
     live: bool | None = None,
     seed_salt: int = 0,
+    accept_changes: bool = False,
 ) -> SweepOutcome:
     """Run (or resume) the sweep in ``sweep_file`` and log its report to the parent MLflow run.
 
     ``n_trials`` and ``timeout`` override the file's ``budget``; ``n_trials`` counts COMPLETE trials in the study,
     so running a finished sweep again does nothing and raising ``n_trials`` adds trials.
+
+    Raises:
+        UserError: the sweep cannot start (see :mod:`ftlab.preflight`), before any trial does.
+        SweepFailingError: the trials kept failing (the failure budget); the parent run ends FAILED with the reason.
+        PreemptedError: SIGTERM; the running trials saved checkpoints and wait for their retries.
     """
     if workers < 1:
         raise UserError.single(
@@ -58,11 +68,6 @@ def run_sweep(
         )
     console = console or Console()
     sweep = load_sweep(sweep_file)
-    storage = storage_url_for(sweep, storage_url)
-    uri = tracking_uri_for(sweep, tracking_uri)
-    runner = SweepRunner(sweep, sweep_file, storage, uri, workers=workers, seed_salt=seed_salt)
-    view = SweepView(runner, console, sweep.objectives[0].metric, live=live)
-    runner.on_event = view.on_event
     budget = n_trials if n_trials is not None else sweep.budget.n_trials
     if budget is None and timeout is None and sweep.budget.timeout is None:
         raise UserError.single(
@@ -70,12 +75,22 @@ def run_sweep(
             where=f"{sweep_file}:budget",
             fix="set budget.n_trials or budget.timeout in the file, or pass --n-trials / --timeout",
         )
-    status = "FINISHED"
+    storage = storage_url_for(sweep, storage_url)
+    uri = tracking_uri_for(sweep, tracking_uri)
+    check_before_trials(sweep, sweep_file, storage_url, tracking_uri)
+    runner = SweepRunner(sweep, sweep_file, storage, uri, workers=workers, seed_salt=seed_salt,
+                         accept_changes=accept_changes)  # fmt: skip
+    view = SweepView(runner, console, sweep.objectives[0].metric, live=live)
+    runner.on_event = view.on_event
+    status, reason = "FINISHED", None
     try:
         with view.context():
             runner.run(budget, timeout if timeout is not None else sweep.budget.timeout)
     except (KeyboardInterrupt, PreemptedError):
         status = "KILLED"
+        raise
+    except SweepFailingError as error:
+        status, reason = "FAILED", str(error)
         raise
     finally:
         report_dir = paths.report_dir(sweep.name)
@@ -83,9 +98,43 @@ def run_sweep(
             # A preempted worker has seconds left: whoever runs next writes the report.
             if not runner.preempted and retry_on_connection_loss(lambda: _report_is_due(runner)):
                 retry_on_connection_loss(lambda: log_report(runner.study, sweep, uri, runner.parent_run_id, report_dir))
-            runner.finish(status)
+            runner.finish(status, reason)
     comparison = retry_on_connection_loss(lambda: compare(runner.study, sweep.objectives[0].metric))
     return SweepOutcome(runner.study, comparison, runner.parent_run_id, report_dir, uri)
+
+
+def check_before_trials(
+    sweep: SweepConfig, sweep_file: Path, storage_override: str | None, tracking_override: str | None
+) -> None:
+    """Prove the sweep can start (:mod:`ftlab.preflight`): the services here, the rest in a process from the trials'
+    fork server, which has transformers imported already and prepares (and caches) the data for the trials.
+
+    Raises:
+        UserError: every problem found.
+    """
+    storage_where = "--storage" if storage_override else f"{sweep_file}:storage.url"
+    tracking_where = "--tracking-uri" if tracking_override else f"{sweep_file}:tracking.uri"
+    storage, uri = storage_url_for(sweep, storage_override), tracking_uri_for(sweep, tracking_override)
+    with ProcessPoolExecutor(max_workers=1, mp_context=trial_process_context()) as pool:
+        checked = pool.submit(
+            call_in_context, WorkerContext(), preflight.trial_problems, sweep, sweep_file.parent, str(sweep_file)
+        )
+        problems = preflight.service_problems(storage, uri, storage_where, tracking_where)
+        if not problems:
+            # While the trial side checks itself: create the stores' tables (seconds on a new SQLite file). No study
+            # and no run yet: a sweep that cannot start leaves nothing but empty stores. Under the study lock, as
+            # workers starting together would race to create the same tables.
+            retry_on_connection_loss(
+                lambda: _create_store_tables(sweep, storage, uri), also=is_concurrent_schema_creation
+            )
+        problems += checked.result()
+    preflight.raise_problems(problems)
+
+
+def _create_store_tables(sweep: SweepConfig, storage: str, tracking_uri: str) -> None:
+    with StudyLock(storage, sweep.name).held():
+        open_storage(storage)
+        MlflowClient(tracking_uri=tracking_uri).search_experiments(max_results=1)
 
 
 def _report_is_due(runner: SweepRunner) -> bool:

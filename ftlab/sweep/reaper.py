@@ -14,7 +14,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from ftlab.sweep import optuna_compat
-from ftlab.sweep.record import FAIL_REASON_ATTR, RUN_ID_ATTR
+from ftlab.sweep.record import FAIL_REASON_ATTR, RUN_ID_ATTR, STOPPED_ATTR
 from ftlab.sweep.study import StaleTrialCallback
 from ftlab.tracking import end_run
 
@@ -81,6 +81,7 @@ def fail_orphaned_trials(study: optuna.Study) -> list[int]:
             FAIL_REASON_ATTR,
             "asked for, but the worker lost its database connection before starting it; it never ran",
         )
+        storage.set_trial_user_attr(trial_id, STOPPED_ATTR, True)
         if optuna_compat.set_trial_state(study, trial_id, TrialState.FAIL):
             logger.warning("trial %d was asked for but never started (connection lost); marked FAIL", trial.number)
             failed.append(trial.number)

@@ -19,8 +19,11 @@ BASELINE_ATTR = "baseline"  # trial: the enqueued baseline recipe
 RUN_ID_ATTR = "mlflow_run_id"  # trial: its MLflow child run
 PARENT_RUN_ATTR = "mlflow_parent_run_id"  # study: the sweep's MLflow parent run
 REPORTED_ATTR = "reported_finished_trials"  # study: finished trials when the last report was written
+SWEEP_ATTR = "ftlab.sweep"  # study: the search space, objective and baseline it was started with
+SWEEP_CHANGES_ATTR = "ftlab.sweep_changes"  # study: changes accepted since (--accept-changes)
 FAIL_REASON_ATTR = "fail_reason"
 PRUNE_REASON_ATTR = "prune_reason"
+STOPPED_ATTR = "stopped_from_outside"  # trial: failed by a lost worker, preemption or Ctrl-C, not by its own error
 
 State = Literal["COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"]
 
@@ -57,7 +60,7 @@ class TrialRecord:
     # As applied: an out-of-memory retry may have split the sampled effective batch differently.
     per_device_train_batch_size: int | None = None
     gradient_accumulation_steps: int | None = None
-    retry: bool = False  # lost to something outside the trial (SIGKILL, preemption): run it again
+    retry: bool = False  # stopped from outside (SIGKILL, preemption, Ctrl-C): run it again; not the trial's own failure
     # Known once the record is read back from the study.
     number: int | None = None
     params: dict[str, Any] = field(default_factory=dict)
@@ -86,16 +89,19 @@ class TrialRecord:
         if self.state == "PRUNED":
             return {PRUNE_REASON_ATTR: self.reason}
         if self.state == "FAIL":
-            return {FAIL_REASON_ATTR: self.reason}
+            return {FAIL_REASON_ATTR: self.reason, STOPPED_ATTR: self.retry}
         return {name: getattr(self, name) for name in _FIGURES}
 
     @classmethod
     def from_trial(cls, trial: Any) -> TrialRecord:
         """The record of an Optuna ``FrozenTrial``, figures and identity included."""
         attrs = trial.user_attrs
+        # A retry starts with a copy of the failed trial's attributes: read a reason only where the state has one.
+        reason = {"FAIL": attrs.get(FAIL_REASON_ATTR), "PRUNED": attrs.get(PRUNE_REASON_ATTR)}.get(trial.state.name)
         return cls(
             state=trial.state.name,
-            reason=attrs.get(FAIL_REASON_ATTR) or attrs.get(PRUNE_REASON_ATTR),
+            reason=reason,
+            retry=bool(attrs.get(STOPPED_ATTR)) and trial.state.name == "FAIL",
             values=list(trial.values) if trial.values else None,
             **{name: attrs.get(name) for name in _FIGURES},
             number=trial.number,
@@ -104,6 +110,14 @@ class TrialRecord:
             mlflow_run_id=attrs.get(RUN_ID_ATTR),
             duration_s=trial.duration.total_seconds() if trial.duration else None,
         )
+
+    @property
+    def own_failure(self) -> bool:
+        """Whether the trial failed by an error of its own: a reason to stop a sweep that keeps failing.
+
+        A trial failed from outside (a lost worker, preemption, Ctrl-C, a reaped trial: no reason recorded) is not.
+        """
+        return self.state == "FAIL" and self.reason is not None and not self.retry
 
     def as_json(self) -> dict[str, Any]:
         """Everything, JSON-ready (``ftlab status --json``, the report, ``ftlab best --json``)."""

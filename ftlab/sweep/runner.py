@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,7 +24,7 @@ from ftlab.config import SweepConfig, TrainConfig
 from ftlab.settings import resolve_train_config
 from ftlab.sweep import optuna_compat
 from ftlab.sweep import study as studies
-from ftlab.sweep.budget import Budget, Decision, decide
+from ftlab.sweep.budget import Budget, Decision, decide, failing
 from ftlab.sweep.forkserver import trial_process_context
 from ftlab.sweep.process import TrialJob, TrialProcess, describe_exit
 from ftlab.sweep.reaper import reap, retried_trial_number, retry_trial, stale_trial_callback
@@ -58,6 +59,10 @@ class RunningTrial:
     started: float = field(default_factory=time.time)
 
 
+class SweepFailingError(Exception):
+    """The sweep stopped because its trials keep failing (see :func:`ftlab.sweep.budget.failing`)."""
+
+
 class PreemptedError(Exception):
     """The worker was told to stop (SIGTERM: preemption, a scheduler's time limit); its trials were checkpointed and
     queued for a retry."""
@@ -75,6 +80,7 @@ class SweepRunner:
         workers: int = 1,
         on_event: Callable[[TrialEvent], None] | None = None,
         seed_salt: int = 0,
+        accept_changes: bool = False,
     ) -> None:
         self._context = trial_process_context()
         self.sweep = sweep
@@ -88,11 +94,18 @@ class SweepRunner:
         self.baseline_point = baseline_point(sweep, self.baseline_config, str(sweep_file))
         self.study_lock = studies.StudyLock(storage_url, sweep.name)
 
+        signature = studies.sweep_signature(sweep, self.baseline_config)
+
         def open_study() -> optuna.Study:
             with self.study_lock.held():  # workers starting together would race to create the schema and the study
-                return studies.create_or_load_study(sweep, storage_url, stale_trial_callback(tracking_uri), seed_salt)
+                study = studies.create_or_load_study(sweep, storage_url, stale_trial_callback(tracking_uri), seed_salt)
+                studies.remember_sweep(study, signature, str(sweep_file), accept_changes)
+                return study
 
         self.study: optuna.Study = retry_on_connection_loss(open_study, also=is_concurrent_schema_creation)
+        # The failure budget counts what happens from now on: a sweep run again after a fix gets a fresh start.
+        self._finished_at_start = {trial.number for trial in self.study.trials if trial.state.is_finished()}
+        self.failure: str | None = None
         self.preempted = False
         self.parent_run_id = ""
         self.running: dict[int, RunningTrial] = {}
@@ -127,10 +140,10 @@ class SweepRunner:
         self.parent_run_id = retry_on_connection_loss(start)
         return self.parent_run_id
 
-    def finish(self, status: str = "FINISHED") -> None:
+    def finish(self, status: str = "FINISHED", reason: str | None = None) -> None:
         """Close the parent run (the report module logs plots to it first)."""
         if self.parent_run_id:
-            end_run(self.tracking_uri, self.parent_run_id, status)
+            end_run(self.tracking_uri, self.parent_run_id, status, reason)
 
     def run(self, n_trials: int | None, timeout: float | None) -> None:
         """Run trials until ``n_trials`` COMPLETE trials exist in the study, ``timeout`` passes, or Ctrl-C."""
@@ -163,6 +176,8 @@ class SweepRunner:
             signal.signal(signal.SIGTERM, previous_sigterm)
         if self.preempted:
             raise PreemptedError("stopped by SIGTERM")
+        if self.failure is not None:
+            raise SweepFailingError(self.failure)
         if self._worker_errors:  # a worker thread failed outside any trial: the sweep did not do what it was asked
             raise self._worker_errors[0]
 
@@ -207,11 +222,22 @@ class SweepRunner:
         """
         with self.study_lock.held():
             reap(self.study)
-            states = [trial.state for trial in self.study.get_trials(deepcopy=False)]
-            decision = decide(states, budget, studies.grid_exhausted(self.study))
+            trials = self.study.get_trials(deepcopy=False)
+            decision = decide([trial.state for trial in trials], budget, studies.grid_exhausted(self.study))
+            if decision is not Decision.DONE and (reason := self._failing(trials)) is not None:
+                self.failure = reason
+                self.stop_event.set()
+                return Decision.DONE, None
             if decision is not Decision.START:
                 return decision, None
             return decision, optuna_compat.trial_id_of(studies.ask(self.study))
+
+    def _failing(self, trials: list[optuna.trial.FrozenTrial]) -> str | None:
+        """Why the trials since this worker started keep failing, if they do (every worker of the study sees it)."""
+        finished = [t for t in trials if t.state.is_finished() and t.number not in self._finished_at_start]
+        finished.sort(key=lambda trial: trial.datetime_complete or trial.datetime_start or datetime.min)
+        records = [TrialRecord.from_trial(trial) for trial in finished]
+        return failing(records, self.sweep.budget.max_failures_in_a_row)
 
     def _prepare(self, trial_id: int) -> tuple[optuna.Trial, dict[str, Any], bool, int | None]:
         """The trial with its settings sampled, whether it is the baseline, and which trial it retries (if any).

@@ -1,15 +1,17 @@
-"""The search space around the baseline: what each trial samples, and the baseline's own point in it."""
+"""The search space around the baseline: what each trial samples, the baseline's own point in it, and proof that
+every value it can produce trains."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import optuna
 
 from ftlab.config import CategoricalParam, FactorParam, FloatParam, IntParam, ParamSpec, SweepConfig, TrainConfig
-from ftlab.errors import ConfigError
-from ftlab.settings import split_effective_batch
+from ftlab.errors import ConfigError, Problem
+from ftlab.settings import resolve_train_config, split_effective_batch
 
 
 def _suggest(trial: optuna.Trial, name: str, spec: ParamSpec, baseline: TrainConfig) -> Any:
@@ -74,3 +76,64 @@ def same_point(a: dict[str, Any], b: dict[str, Any]) -> bool:
         elif value != other:
             return False
     return True
+
+
+def _extremes(name: str, spec: ParamSpec, baseline: TrainConfig) -> list[tuple[str, Any]]:
+    """(where in the spec, value) for the values that bound what ``spec`` can produce.
+
+    TrainingArguments' constraints are bounds (``> 0``, ``< 1``), so a range is valid when both its ends are.
+    """
+    if isinstance(spec, FactorParam):
+        center = getattr(baseline, name)
+        return [("factor[0]", center * spec.factor[0]), ("factor[1]", center * spec.factor[1])]
+    if isinstance(spec, FloatParam | IntParam):
+        return [("low", spec.low), ("high", spec.high)]
+    assert isinstance(spec, CategoricalParam)
+    return [(f"choices[{index}]", choice) for index, choice in enumerate(spec.choices)]
+
+
+def _spec_problem(name: str, spec: ParamSpec, baseline: TrainConfig, where: str) -> Problem | None:
+    """What makes a spec wrong for its key whatever its values: a factor of a zero baseline, floats for a count."""
+    field = TrainConfig.model_fields.get(name)
+    counts = name == "total_train_batch_size" or (field is not None and field.annotation in (int, "int"))
+    if isinstance(spec, FactorParam):
+        center = getattr(baseline, name)
+        if counts:
+            return Problem("a factor range gives fractions; this setting is a whole number", where, spec.factor,
+                           "use `{type: int, low: …, high: …}` or `choices: […]`")  # fmt: skip
+        if not center > 0:
+            return Problem(f"a factor range multiplies the baseline's value, which is {center}", where, spec.factor,
+                           "use `{type: float, low: …, high: …}` instead")  # fmt: skip
+    if isinstance(spec, FloatParam) and counts:
+        return Problem("a float range gives fractions; this setting is a whole number", where,
+                       fix="use `type: int`")  # fmt: skip
+    return None
+
+
+def reachable_configs(
+    sweep: SweepConfig, baseline: TrainConfig, sweep_dir: Path, source: str = "<sweep>"
+) -> tuple[list[TrainConfig], list[Problem]]:
+    """The training settings at the bounds of every searched key (the baseline's first), and every bound that
+    cannot be trained: a learning rate of 0, a warmup ratio of 1.5, an effective batch of 2.5 sequences.
+    """
+    configs, problems = [baseline], []
+    for name, spec in sweep.search.items():
+        if (problem := _spec_problem(name, spec, baseline, f"{source}:search.{name}")) is not None:
+            problems.append(problem)
+            continue
+        for key, value in _extremes(name, spec, baseline):
+            where = f"{source}:search.{name}.{key}"
+            if name == "total_train_batch_size" and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                problems.append(Problem("an effective batch is a whole number of sequences, at least 1", where, value,
+                                        "use positive whole numbers"))  # fmt: skip
+                continue
+            try:
+                overrides = params_to_overrides({name: value}, baseline)
+                configs.append(resolve_train_config(sweep, sweep_dir, overrides, source))
+            except ConfigError as error:
+                reasons = "; ".join(problem.message for problem in error.problems)
+                problems.append(Problem(f"`{name}` = {value!r} cannot be trained: {reasons}", where, fix=(
+                    "narrow the range (or change the choices) so that every value is a valid setting")))  # fmt: skip
+    return configs, problems

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -18,9 +19,11 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from ftlab import paths
-from ftlab.config import SamplerConfig, StorageConfig, SweepConfig
+from ftlab.config import SamplerConfig, StorageConfig, SweepConfig, TrainConfig
+from ftlab.errors import ConfigError
 from ftlab.sweep import optuna_compat
-from ftlab.sweep.record import BASELINE_ATTR, TrialRecord
+from ftlab.sweep.record import BASELINE_ATTR, SWEEP_ATTR, SWEEP_CHANGES_ATTR, TrialRecord
+from ftlab.tracking import flatten
 
 StaleTrialCallback = Callable[[optuna.Study, FrozenTrial], None]
 
@@ -181,6 +184,65 @@ def create_or_load_study(
     )
 
 
+def sweep_signature(sweep: SweepConfig, baseline: TrainConfig) -> dict[str, Any]:
+    """What makes the study's trials comparable: its search space, its objectives, and the baseline's training
+    settings (the fixed ``train`` block included). Folders are left out: they differ between machines."""
+    return {
+        "search": {name: spec.model_dump(mode="json") for name, spec in sweep.search.items()},
+        "objective": [objective.model_dump(mode="json") for objective in sweep.objectives],
+        "baseline": baseline.model_dump(mode="json", exclude={"output_dir"}),
+    }
+
+
+def signature_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``key: old → new`` for every setting that differs between two signatures."""
+    before, after = flatten(old), flatten(new)
+    return [
+        f"{key}: {before.get(key, '(unset)')} → {after.get(key, '(unset)')}"
+        for key in sorted(before.keys() | after.keys())
+        if before.get(key) != after.get(key)
+    ]
+
+
+def remember_sweep(study: optuna.Study, signature: dict[str, Any], source: str, accept_changes: bool) -> None:
+    """Record the sweep with a new study; on a resume, refuse a sweep file whose search space, objective or
+    baseline changed (its trials would be compared, and pruned, against the old ones), unless the change is accepted,
+    which is then recorded.
+
+    Raises:
+        ConfigError: the sweep changed and ``accept_changes`` is off, or an objective's direction changed (an
+            Optuna study keeps its directions).
+    """
+    old = study.user_attrs.get(SWEEP_ATTR)
+    if old == signature:
+        return
+    if old is not None:
+        changes = signature_changes(old, signature)
+        directions = [objective["direction"] for objective in signature["objective"]]
+        if directions != [direction.name.lower() for direction in study.directions]:
+            raise ConfigError.single(
+                f"the study {study.study_name!r} optimises in another direction; an Optuna study keeps its directions",
+                where=f"{source}:objective",
+                value=directions,
+                fix="give the sweep a new `name:` to start a new study",
+            )
+        if not accept_changes:
+            raise ConfigError.single(
+                f"the sweep changed since study {study.study_name!r} started, and its trials would be compared (and "
+                f"pruned) against the old ones: {'; '.join(changes)}",
+                where=source,
+                fix="give the sweep a new `name:` to start a new study, or pass --accept-changes to go on with this "
+                "one (the change is recorded in the study)",
+            )
+        history = [*study.user_attrs.get(SWEEP_CHANGES_ATTR, []), {"at": _now(), "changes": changes}]
+        study.set_user_attr(SWEEP_CHANGES_ATTR, history)
+    study.set_user_attr(SWEEP_ATTR, signature)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
 def load_study(sweep: SweepConfig, storage_url: str) -> optuna.Study:
     """An existing study, for reading (status, report, best).
 
@@ -205,7 +267,10 @@ def enqueue_baseline(study: optuna.Study, point: dict[str, Any]) -> None:
     """
     if isinstance(study.sampler, optuna.samplers.GridSampler):
         return
-    if not any(trial.user_attrs.get(BASELINE_ATTR) for trial in study.get_trials(deepcopy=False)):
+    # Again when every baseline trial so far failed: a resumed sweep (the cause fixed) must measure the baseline.
+    pending_or_done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+    baselines = [trial for trial in study.get_trials(deepcopy=False) if trial.user_attrs.get(BASELINE_ATTR)]
+    if not any(trial.state in pending_or_done for trial in baselines):
         study.enqueue_trial(point, user_attrs={BASELINE_ATTR: True}, skip_if_exists=False)
 
 

@@ -24,7 +24,7 @@ from mlflow import MlflowClient
 from ftlab.config import SweepConfig
 from ftlab.console import quiet_libraries
 from ftlab.errors import UserError
-from ftlab.fileio import atomic_write_json
+from ftlab.fileio import NoSpaceError, atomic_write_json
 from ftlab.settings import resolve_train_config
 from ftlab.sweep import optuna_compat
 from ftlab.sweep.process import TrialJob
@@ -40,6 +40,14 @@ from ftlab.trial import run_trial
 
 class SettingsNotAppliedError(RuntimeError):
     """A sampled hyperparameter did not reach the trainer as sampled."""
+
+
+class TrialReapedError(RuntimeError):
+    """Another worker failed this trial while it ran (its worker was paused or cut off past the grace period), ended
+    its run KILLED and queued a retry: whatever this process has left to say changes nothing."""
+
+    def __init__(self) -> None:
+        super().__init__("reaped by another worker while it ran (no heartbeat within the grace period); retried there")
 
 
 class PruningCallback(TrainingCallback):
@@ -67,7 +75,10 @@ class PruningCallback(TrainingCallback):
         if not self.can_prune or self.metric not in metrics:
             return
         value = metrics[self.metric]
-        retry_on_connection_loss(lambda: self.trial.report(value, step=tokens_seen))
+        try:
+            retry_on_connection_loss(lambda: self.trial.report(value, step=tokens_seen))
+        except optuna.exceptions.UpdateFinishedTrialError:
+            raise TrialReapedError from None
         if retry_on_connection_loss(self.trial.should_prune):
             raise optuna.TrialPruned(f"pruned after {tokens_seen:,} tokens: {self.metric} {value:.4f}")
 
@@ -104,7 +115,7 @@ def objective_values(sweep: SweepConfig, record: TrialRecord) -> list[float]:
 
 
 # Failures whose message says all there is to say; any other error is a bug, and its run keeps the traceback.
-EXPECTED_FAILURES = (UserError, SettingsNotAppliedError, OutOfMemoryAtBatchOneError)
+EXPECTED_FAILURES = (UserError, SettingsNotAppliedError, OutOfMemoryAtBatchOneError, NoSpaceError)
 
 
 def record_for(error: BaseException) -> TrialRecord:
@@ -116,14 +127,19 @@ def record_for(error: BaseException) -> TrialRecord:
     if isinstance(error, TrainingPreemptedError):
         return TrialRecord("FAIL", str(error), retry=True)  # the retry resumes from the checkpoint it saved
     if isinstance(error, KeyboardInterrupt):
-        return TrialRecord("FAIL", "stopped by Ctrl-C")
+        return TrialRecord("FAIL", "stopped by Ctrl-C", retry=True)  # resumed with the sweep
+    if isinstance(error, TrialReapedError):
+        return TrialRecord("FAIL", str(error))  # told already, and retried, by the worker that reaped it
     if isinstance(error, EXPECTED_FAILURES):
         return TrialRecord("FAIL", str(error))
     return TrialRecord("FAIL", f"{type(error).__name__}: {error}")
 
 
-def run_ending(error: BaseException) -> tuple[str, str]:
-    """How a trial's MLflow run ends on ``error``: KILLED when pruned or stopped, FAILED when it failed."""
+def run_ending(error: BaseException) -> tuple[str, str] | None:
+    """How a trial's MLflow run ends on ``error``: KILLED when pruned or stopped, FAILED when it failed; a reaped
+    trial's run stays as the reaper ended it."""
+    if isinstance(error, TrialReapedError):
+        return None
     record = record_for(error)
     reason = record.reason or ""
     if record.state == "PRUNED" or record.retry or isinstance(error, KeyboardInterrupt):
@@ -150,9 +166,17 @@ def _die_with_worker(worker_pid: int) -> None:
     threading.Thread(target=watch, name="ftlab-worker-watch", daemon=True).start()
 
 
+def _first_ctrl_c_only(signum: int, frame: object) -> None:
+    """A terminal's Ctrl-C reaches this process directly and again through the worker: the first one stops the
+    trial, the second must not interrupt it while it ends its run KILLED and writes its record."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def run_trial_job(job: TrialJob) -> None:
     """Entry point of a trial process. Never raises: every outcome ends in the result file and the run's state."""
     _die_with_worker(job.worker_pid)
+    job.context.enter()
     if job.cuda_visible_devices is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = job.cuda_visible_devices  # before anything touches CUDA
     os.environ["FTLAB_TRIAL_NUMBER"] = str(job.trial_number)
@@ -163,14 +187,12 @@ def run_trial_job(job: TrialJob) -> None:
     # step boundary with a checkpoint, so its retry loses nothing.
     stop_requested = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stop_requested.set())
+    signal.signal(signal.SIGINT, _first_ctrl_c_only)
     run = TrackedRun(MlflowClient(tracking_uri=job.tracking_uri), job.run_id, ending=run_ending)
     try:
         with run:
             record = _train(job, run, stop_requested)
     except BaseException as error:
-        if isinstance(error, KeyboardInterrupt):
-            # A terminal's Ctrl-C reaches this process directly and again through the sweep; let only one count.
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
         record = record_for(error)
     record.write(Path(job.result_file))
     # Everything is stored (the run ended after its metrics were flushed). Skip interpreter teardown, which waits up
@@ -208,5 +230,7 @@ def _train(job: TrialJob, run: TrackedRun, stop_requested: threading.Event) -> T
         resume_from=Path(job.resume_from) if job.resume_from else None,
         stop_requested=stop_requested,
     )
+    if optuna_compat.storage_of(study).get_trial(job.trial_id).state.is_finished():
+        raise TrialReapedError
     record.values = objective_values(sweep, record)
     return record

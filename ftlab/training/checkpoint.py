@@ -30,8 +30,10 @@ def save_training_state(state: dict[str, Any], path: Path) -> None:
 
     The file is renamed over the previous one in one step, so ``path`` always holds a complete state once one exists.
     """
-    with atomic_path(path) as staging:
-        torch.save(state, staging)
+    with atomic_path(path) as staging, staging.open("wb") as file:
+        # Through a Python file, so that a full disk surfaces as the OSError it is (torch's own writer only says
+        # "unexpected pos"), which atomic_path names.
+        torch.save(state, file)
 
 
 def load_training_state(path: Path | None) -> dict[str, Any] | None:

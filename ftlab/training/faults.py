@@ -1,5 +1,5 @@
 """Faults injected on purpose, so that tests can prove a sweep survives them: out of memory, a NaN loss, a segfault,
-and a SIGKILL halfway through writing a checkpoint.
+a SIGKILL halfway through writing a checkpoint, and a file-size limit that makes every large write fail.
 
 The training loop knows nothing of them. They are training callbacks (and one forward hook) that the trial process
 installs from outside: ``train(..., callback=CallbackList([..., *fault_callbacks(model)]))``. Which faults, at which
@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import resource
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +31,10 @@ class InjectedFaults:
     Format: comma-separated ``oom_at_step=N``, ``oom_above_batch=B`` (raise CUDA OOM at step N while the micro-batch
     is larger than B), ``nan_at_step=N`` (make the loss NaN at step N), ``segfault_at_step=N`` (kill the process with
     SIGSEGV at step N), ``kill_in_checkpoint_at_step=N`` (SIGKILL halfway through writing step N's checkpoint),
-    ``trial=K`` (only in sweep trial number K, read from ``FTLAB_TRIAL_NUMBER``). Groups separated by ``;`` give
-    different trials different faults: ``nan_at_step=3,trial=1;segfault_at_step=2,trial=2``. Unset in normal use.
+    ``file_size_limit=B`` (no file may grow past B bytes from the first step on, as a full disk or ``ulimit -f``
+    would have it), ``trial=K`` (only in sweep trial number K, read from ``FTLAB_TRIAL_NUMBER``). Groups separated
+    by ``;`` give different trials different faults: ``nan_at_step=3,trial=1;segfault_at_step=2,trial=2``. Unset in
+    normal use.
     """
 
     oom_at_step: int | None = None
@@ -39,6 +42,7 @@ class InjectedFaults:
     nan_at_step: int | None = None
     segfault_at_step: int | None = None
     kill_in_checkpoint_at_step: int | None = None
+    file_size_limit: int | None = None
     trial: int | None = None
 
     @classmethod
@@ -69,6 +73,17 @@ class OutOfMemoryInjector(TrainingCallback):
     def on_step_begin(self, step: int) -> None:
         if step == self.step and self.micro_batch > self.above_batch:
             raise torch.cuda.OutOfMemoryError(f"injected by FTLAB_INJECT_FAULT at step {step}")
+
+
+class FileSizeLimiter(TrainingCallback):
+    """Limits the size of any file this process writes (``RLIMIT_FSIZE``) once training begins: what ``ulimit -f``
+    does, and as near to a full disk as a test can get without one."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+    def on_train_begin(self, plan: TrainPlan) -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (self.limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 
 
 class SegfaultInjector(TrainingCallback):
@@ -140,4 +155,6 @@ def fault_callbacks(model: torch.nn.Module) -> list[TrainingCallback]:
         callbacks.append(NanLossInjector(model, faults.nan_at_step))
     if faults.kill_in_checkpoint_at_step is not None:
         callbacks.append(TornCheckpointInjector(model, faults.kill_in_checkpoint_at_step))
+    if faults.file_size_limit is not None:
+        callbacks.append(FileSizeLimiter(faults.file_size_limit))
     return callbacks
