@@ -19,11 +19,12 @@ from ftlab.training.callbacks import TrainingCallback, TrainPlan
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 # Dense bf16 tensor-core peaks (no sparsity), by a substring of torch.cuda.get_device_name(); first match wins.
-PEAK_BF16_FLOPS: list[tuple[str, float]] = [
-    ("H100 PCIe", 756e12),
-    ("H100", 989e12),  # SXM
-    ("H200", 989e12),
-    ("A100", 312e12),
+# (name substring, FLOP/s, where the figure comes from): the source goes into the results next to every MFU.
+PEAK_BF16_FLOPS: list[tuple[str, float, str]] = [
+    ("H100 PCIe", 756e12, "H100 PCIe datasheet, dense bf16"),
+    ("H100", 989e12, "H100 SXM datasheet, dense bf16"),
+    ("H200", 989e12, "H200 SXM: the H100 SXM's dense bf16 peak (same tensor cores and clocks; more memory only)"),
+    ("A100", 312e12, "A100 datasheet, dense bf16"),
 ]
 
 
@@ -32,11 +33,11 @@ def progress(name: str, started: float, message: str) -> None:
     print(f"[{name} {time.perf_counter() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
 
 
-def peak_bf16_flops(device_name: str) -> float | None:
-    """The device's dense bf16 peak in FLOP/s, or None if the table does not know it."""
-    for key, flops in PEAK_BF16_FLOPS:
+def peak_bf16_flops(device_name: str) -> tuple[float, str] | None:
+    """The device's dense bf16 peak in FLOP/s and where the figure comes from; None if the table does not know it."""
+    for key, flops, source in PEAK_BF16_FLOPS:
         if key in device_name:
-            return flops
+            return flops, source
     return None
 
 
