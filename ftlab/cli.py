@@ -196,8 +196,22 @@ def train_command(
 
 
 StorageUrl = Annotated[
-    str | None, typer.Option("--storage", help="Optuna storage URL; default SQLite in ./mlruns.", show_default=False)
+    str | None,
+    typer.Option(
+        "--storage",
+        envvar="FTLAB_STORAGE",
+        help="Optuna storage URL (or FTLAB_STORAGE); default SQLite in ./mlruns.",
+        show_default=False,
+    ),
 ]
+
+
+def _shown(url: str) -> str:
+    """A URL for a hint to copy: as given, unless it holds a password (then redacted: put it back, or export
+    FTLAB_STORAGE / use ~/.pgpass)."""
+    from ftlab.tracking import redact_url
+
+    return redact_url(url)
 
 
 AcceptChanges = Annotated[
@@ -258,7 +272,7 @@ def sweep(
     start_trial_server()
     quiet_libraries()
     from ftlab.sweep.orchestrate import run_sweep
-    from ftlab.tracking import redact_url
+    from ftlab.tracking import runs_page
 
     with stops_cleanly():
         outcome = run_sweep(
@@ -271,10 +285,15 @@ def sweep(
             console=console,
             accept_changes=accept_changes,
         )
-    console.print(outcome.comparison.sentence() if outcome.comparison else "no trial completed")
+    console.print(outcome.comparison.sentence() if outcome.comparison else "no trial completed", highlight=False)
     console.print(f"report: {outcome.report_dir} (also logged to MLflow run {outcome.parent_run_id})")
-    console.print(f"status: ftlab status {file}")
-    console.print(f"MLflow UI: mlflow ui --backend-store-uri {redact_url(outcome.tracking_uri)}")
+    # Hints that work as printed: with the storage and tracking store this sweep used.
+    options = (f" --storage {_shown(storage)}" if storage else "") + (
+        f" --tracking-uri {_shown(tracking_uri)}" if tracking_uri else ""
+    )
+    console.print(f"status: ftlab status {file}{options}", highlight=False, soft_wrap=True)
+    page = runs_page(outcome.tracking_uri, outcome.experiment_id)
+    console.print(f"MLflow UI: ftlab ui {file}{options}  →  {page}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -451,18 +470,35 @@ def ui(
     """Start the MLflow UI on the sweep's store (localhost only) and say how to open optuna-dashboard on its study."""
     from ftlab import paths
     from ftlab.config import load_sweep
+    from ftlab.sweep.orchestrate import tracking_uri_for
     from ftlab.sweep.study import storage_url_for
-    from ftlab.tracking import redact_url
+    from ftlab.tracking import experiment_name, redact_url, runs_page
 
     sweep_config = load_sweep(file) if file else None
-    uri = tracking_uri or (sweep_config.tracking.uri if sweep_config else None) or paths.default_tracking_uri()
+    uri = tracking_uri_for(sweep_config, tracking_uri) if sweep_config else tracking_uri or paths.default_tracking_uri()
+    database = paths.sqlite_file(uri)
+    if database is not None and not database.is_file():  # mlflow ui would create an empty store: say what is missing
+        raise UserError.single(
+            "no MLflow store here yet", where=str(database), fix="run a sweep first, or pass --tracking-uri"
+        )
+    ui_address = uri if uri.startswith(("http://", "https://")) else f"http://127.0.0.1:{port}"
     if sweep_config is not None:
+        from mlflow import MlflowClient
+
+        experiment = MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment_name(sweep_config))
+        if experiment is not None:
+            console.print(f"The sweep's runs: {runs_page(uri, experiment.experiment_id, ui_address)}", highlight=False)
         study_storage = storage_url_for(sweep_config, storage)
-        console.print(f"Optuna dashboard for the study: optuna-dashboard {redact_url(study_storage)}")
+        console.print(
+            f"Optuna dashboard for the study (needs `pip install 'ftlab[dashboard]'`, which `make setup` includes): "
+            f"optuna-dashboard {redact_url(study_storage)}",
+            highlight=False,
+            soft_wrap=True,
+        )
     if uri.startswith(("http://", "https://")):
-        console.print(f"The tracking server already serves the UI: {redact_url(uri)}")
+        console.print(f"The tracking server already serves the UI: {redact_url(uri)}", highlight=False)
         return
-    console.print(f"MLflow UI on http://127.0.0.1:{port} (Ctrl-C stops it)")
+    console.print(f"MLflow UI on {ui_address} (Ctrl-C stops it)", highlight=False)
     mlflow_cli = Path(sys.executable).with_name("mlflow")
     command = [str(mlflow_cli), "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
     os.execv(command[0], command)

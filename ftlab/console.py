@@ -16,7 +16,13 @@ def quiet_libraries() -> None:
     # again to do it); ftlab's own lines already say where runs are.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     import datasets
+    import tqdm.std
     import transformers
+
+    # tqdm guards bars across processes with a multiprocessing lock, a semaphore it creates on first use (datasets'
+    # load_from_disk) and never frees: every trial process leaked one, and each sweep ended with resource_tracker's
+    # "leaked semaphore objects" warning. ftlab shows no library bars, so none is needed.
+    tqdm.std.TqdmDefaultWriteLock.mp_lock = None
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()

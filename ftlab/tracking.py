@@ -25,8 +25,13 @@ from ftlab.config import SweepConfig
 from ftlab.fileio import naming_space_errors
 from ftlab.training.callbacks import TrainingCallback, TrainPlan
 
-PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's documented system tag that nests a run under its parent
+# MLflow's documented system tags: the parent that nests a run, the description (the UI's "Description"), and the
+# "Source" column.
+PARENT_RUN_TAG = "mlflow.parentRunId"
+DESCRIPTION_TAG = "mlflow.note.content"
+SOURCE_TAG = "mlflow.source.name"
 END_REASON_TAG = "ftlab.end_reason"
+BEST_TAG = "ftlab.best"  # "true" on the best trial's run, "false" on the one it replaced
 _PARAM_VALUE_LIMIT = 6000  # MLflow's limit on a param value's length
 _REASON_LIMIT = 5000
 
@@ -43,6 +48,13 @@ def redact_url(url: str) -> str:
     return re.sub(r"(?<=://)([^:/@]+):[^@/]*@", r"\1:***@", url)
 
 
+def param_value(value: Any) -> str:
+    """A setting as MLflow shows it: floats to 6 significant digits (a sampled learning rate is 0.00106440, not
+    0.0010643958537253), everything else as its text."""
+    text = f"{value:.6g}" if isinstance(value, float) else str(value)
+    return text[:_PARAM_VALUE_LIMIT]
+
+
 def flatten(settings: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """Nested settings as ``dotted.key -> str`` params; lists and None become their text form."""
     flat: dict[str, str] = {}
@@ -51,8 +63,15 @@ def flatten(settings: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
         if isinstance(value, Mapping):
             flat.update(flatten(value, f"{name}."))
         else:
-            flat[name] = str(value)[:_PARAM_VALUE_LIMIT]
+            flat[name] = param_value(value)
     return flat
+
+
+def runs_page(tracking_uri: str, experiment_id: str, ui: str = "http://127.0.0.1:5000") -> str:
+    """The address of an experiment's runs table. MLflow 3 opens an experiment on its GenAI traces page; the table of
+    runs needs ``workflowType=machine_learning``. ``ui`` is where ``mlflow ui`` serves a local store."""
+    base = redact_url(tracking_uri) if tracking_uri.startswith(("http://", "https://")) else ui
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def experiment_name(sweep: SweepConfig) -> str:
@@ -175,6 +194,29 @@ class TrackedRun:
         pending, self._pending = self._pending, []
         for operation in pending:
             operation.wait()
+
+
+def mark_best(
+    tracking_uri: str,
+    parent_run_id: str,
+    best_run_id: str,
+    metrics: Mapping[str, float],
+    step: int,
+    tags: Mapping[str, str],
+) -> None:
+    """Show the sweep's best so far where the MLflow UI shows runs: ``metrics`` and ``tags`` on the parent run (its
+    row in the runs table), and the best trial's run tagged ``ftlab.best`` (the one it replaced untagged)."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    previous = client.get_run(parent_run_id).data.tags.get("ftlab.best_run_id")
+    if previous and previous != best_run_id:
+        client.set_tag(previous, BEST_TAG, "false")
+    client.set_tag(best_run_id, BEST_TAG, "true")
+    timestamp = int(time.time() * 1000)
+    client.log_batch(
+        parent_run_id,
+        metrics=[Metric(key, float(value), timestamp, step) for key, value in metrics.items()],
+        tags=[RunTag(key, value) for key, value in {**tags, "ftlab.best_run_id": best_run_id}.items()],
+    )
 
 
 def start_or_resume_parent_run(

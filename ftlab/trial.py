@@ -68,12 +68,21 @@ def resolved_config(sweep: SweepConfig, train_config: TrainConfig) -> dict[str, 
     }
 
 
-def trial_params(sweep: SweepConfig, train_config: TrainConfig) -> dict[str, str]:
-    """MLflow params: training keys under their TrainingArguments names, model and data keys prefixed."""
-    params = flatten(train_config.model_dump())
+def trial_params(sweep: SweepConfig, train_config: TrainConfig, with_sweep_settings: bool = True) -> dict[str, str]:
+    """MLflow params: the training settings in effect under their TrainingArguments names, plus (unless the sweep's
+    parent run holds them already) the model and data settings, prefixed.
+
+    Unset values and the unused half of an either-or pair are left out: ``warmup_steps=0`` beside
+    ``warmup_ratio=0.1`` reads as a contradiction in the runs table.
+    """
+    unused = {"warmup_ratio" if train_config.warmup_steps > 0 else "warmup_steps"}
+    unused.add("num_train_epochs" if train_config.max_steps > 0 else "max_steps")
+    settings = {key: value for key, value in train_config.model_dump().items() if value is not None}
+    params = flatten({key: value for key, value in settings.items() if key not in unused})
     params["total_train_batch_size"] = str(train_config.total_train_batch_size)
-    params.update(flatten(sweep.model.model_dump(), "model."))
-    params.update(flatten(sweep.data.model_dump(), "data."))
+    if with_sweep_settings:
+        params.update(flatten(sweep.model.model_dump(), "model."))
+        params.update(flatten(sweep.data.model_dump(), "data."))
     return params
 
 
@@ -87,11 +96,14 @@ def run_trial(
     callbacks: Sequence[TrainingCallback] = (),
     resume_from: Path | None = None,
     stop_requested: threading.Event | None = None,
+    nested: bool = False,
 ) -> TrialRecord:
     """Run one fine-tuning trial into ``run`` and ``trial_dir``; its COMPLETE record (objective values unset).
 
     Out of GPU memory, training is retried with half the micro-batch and twice the accumulation (the effective batch
     is kept), down to a micro-batch of 1; the run's tags say so. Errors propagate: ``run`` decides how they end it.
+
+    ``nested``: the run is a sweep's trial, whose parent run holds the model and data settings.
 
     Raises:
         DataError: the data cannot be used (before any training starts).
@@ -101,7 +113,7 @@ def run_trial(
     data = prepare_data(sweep.data, tokenizer, base_dir=sweep_dir)
     trial_dir.mkdir(parents=True, exist_ok=True)
     # MLflow params are immutable: the sampled settings are logged once; what an OOM retry changed becomes tags.
-    run.log_params(trial_params(sweep, train_config))
+    run.log_params(trial_params(sweep, train_config, with_sweep_settings=not nested))
     commit = git_commit(Path.cwd())
     run.set_tags(
         {

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,3 +83,33 @@ def runs_of(folder: Path, experiment: str) -> list[Any]:
     found = client.get_experiment_by_name(experiment)
     assert found is not None, f"no MLflow experiment {experiment!r}"
     return client.search_runs([found.experiment_id], max_results=1000)
+
+
+@contextlib.contextmanager
+def environment(changes: dict[str, str] | None) -> Iterator[None]:
+    """``os.environ`` with ``changes`` (and without MLFLOW_TRACKING_URI, as ``run_ftlab`` does) for a block."""
+    saved = dict(os.environ)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.environ.update(changes or {})
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def sweep_in_process(folder: Path, *, env: dict[str, str] | None = None, **options: Any) -> Any:
+    """``ftlab sweep folder/sweep.yaml`` as the library call the CLI makes (``run_sweep``), in this process.
+
+    Trials still run in processes of their own, forked from the trials' fork server; in this process that server
+    (torch and transformers imported) starts once for the whole test session instead of once per sweep. Each trial
+    takes this folder and environment with it, as from a worker.
+    """
+    from rich.console import Console
+
+    from ftlab.console import quiet_libraries
+    from ftlab.sweep.orchestrate import run_sweep
+
+    quiet_libraries()
+    with contextlib.chdir(folder), environment(env):
+        return run_sweep(folder / "sweep.yaml", console=Console(file=io.StringIO()), live=False, **options)

@@ -1,17 +1,26 @@
-"""`ftlab best` and `ftlab best --export`: the winner, verified, in the format everyone loads."""
+"""`ftlab best` and `ftlab best --export`: the winner, verified, in the format everyone loads.
+
+The sweeps and most exports run through the library calls behind the CLI (``run_sweep``, ``export_best``) in this
+process; what only the command line shows (JSON output, exit codes, messages) runs the real CLI.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import stat
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
-from tests.helpers import local_client, run_ftlab, write_sweep
+from ftlab.export.export import ExportRefusedError, ExportResult, export_best
+from tests.helpers import environment, local_client, run_ftlab, sweep_in_process, write_sweep
 
 pytestmark = pytest.mark.integration
 
@@ -23,9 +32,15 @@ def study_of(folder: Path) -> optuna.Study:
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("export")
-    result = run_ftlab("sweep", str(write_sweep(folder, budget={"n_trials": 2})), cwd=folder)
-    assert result.returncode == 0, result.stderr
+    write_sweep(folder, budget={"n_trials": 2})
+    sweep_in_process(folder)
     return folder
+
+
+def export_here(folder: Path, out: str, **options: Any) -> ExportResult:
+    """``ftlab best sweep.yaml --export OUT`` as the library call behind it, in this process."""
+    with contextlib.chdir(folder), environment(None):
+        return export_best(Path("sweep.yaml"), Path(out), **options)
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +69,10 @@ def test_export_loads_with_plain_transformers_and_generates(exported: tuple[Path
     assert {"config.json", "model.safetensors", "generation_config.json", "README.md", "ftlab.json"} <= {
         path.name for path in out.iterdir()
     }
+    # Readable as this user's other files are (safetensors itself writes 0600).
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((out / "model.safetensors").stat().st_mode) == 0o666 & ~umask
     model = AutoModelForCausalLM.from_pretrained(out)
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert model.config.n_layer == 2
@@ -94,17 +113,38 @@ def test_provenance_matches_the_mlflow_run(exported: tuple[Path, dict], swept: P
     )
 
 
-def test_registry_version_has_the_champion_alias(exported: tuple[Path, dict], swept: Path) -> None:
+def test_the_registered_champion_loads_with_mlflow_and_says_what_it_is_for(
+    exported: tuple[Path, dict], swept: Path
+) -> None:
+    import mlflow
+
     _, best = exported
-    version = local_client(swept).get_model_version_by_alias("small-best", "champion")
+    client = local_client(swept)
+    version = client.get_model_version_by_alias("small-best", "champion")
     assert version.run_id == best["mlflow_run_id"]
+    assert f"Trial {best['trial']} of an ftlab sweep: eval/loss {best['eval_loss']:.4f}" in version.description
+    assert version.tags["ftlab.trial"] == str(best["trial"]) and "gain_over_baseline" in version.tags
+    # An MLmodel: what mlflow.pyfunc loads by the alias, logged to the winning trial's run (its Models column).
+    with contextlib.chdir(swept):
+        mlflow.set_tracking_uri(client.tracking_uri)
+        try:
+            model = mlflow.pyfunc.load_model("models:/small-best@champion")
+            run = client.get_run(best["mlflow_run_id"])
+            logged = mlflow.search_logged_models(
+                experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'"
+            )
+        finally:
+            mlflow.set_tracking_uri(None)
+    (text,) = model.predict(["The with statement"])
+    assert text.startswith("The with statement") and len(text) > len("The with statement")
+    assert len(logged) == 1
 
 
 def test_non_empty_folder_is_refused_unless_forced(exported: tuple[Path, dict], swept: Path) -> None:
     refused = run_ftlab("best", "sweep.yaml", "--export", "out", cwd=swept)
     assert refused.returncode == 2 and "not empty" in refused.stderr and "Traceback" not in refused.stderr
-    forced = run_ftlab("best", "sweep.yaml", "--export", "out", "--force", cwd=swept)
-    assert forced.returncode == 0, forced.stderr
+    forced = export_here(swept, "out", force=True)
+    assert forced.out_dir == Path("out") and (swept / "out" / "model.safetensors").is_file()
 
 
 def test_weights_come_from_mlflow_when_the_local_trial_folder_is_gone(swept: Path) -> None:
@@ -112,11 +152,10 @@ def test_weights_come_from_mlflow_when_the_local_trial_folder_is_gone(swept: Pat
     moved = local.with_name("moved-away")
     shutil.move(local, moved)
     try:
-        result = run_ftlab("best", "sweep.yaml", "--export", "from-mlflow", "--json", cwd=swept)
+        result = export_here(swept, "from-mlflow")
     finally:
         shutil.move(moved, local)
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["export"]["weights_from"].startswith("MLflow artifact")
+    assert result.weights_from.startswith("MLflow artifact")
 
 
 def test_weights_that_do_not_reproduce_the_metric_are_refused(swept: Path) -> None:
@@ -127,26 +166,25 @@ def test_weights_that_do_not_reproduce_the_metric_are_refused(swept: Path) -> No
     tensors[name] = tensors[name] * 0.5  # a different model than the one the sweep measured
     save_file(tensors, weights, metadata={"format": "pt"})
     try:
-        result = run_ftlab("best", "sweep.yaml", "--export", "tampered", cwd=swept)
+        with pytest.raises(ExportRefusedError, match="not the measured model"):
+            export_here(swept, "tampered")
     finally:
         weights.write_bytes(original)
-    assert result.returncode == 2 and "not the measured model" in result.stderr
     assert not (swept / "tampered").exists()
+    assert not list(swept.glob(".tampered*")), "no temporary folder is left"
 
 
 def test_no_completed_trial_is_a_clear_error(tmp_path: Path) -> None:
-    sweep = write_sweep(tmp_path, budget={"n_trials": 1, "max_trials": 1})
-    first = run_ftlab("sweep", str(sweep), cwd=tmp_path, env={"FTLAB_INJECT_FAULT": "nan_at_step=1"})
-    assert first.returncode == 0, first.stderr
+    write_sweep(tmp_path, budget={"n_trials": 1, "max_trials": 1})
+    sweep_in_process(tmp_path, env={"FTLAB_INJECT_FAULT": "nan_at_step=1"})  # the baseline is pruned: NaN loss
     result = run_ftlab("best", "sweep.yaml", "--export", "out", cwd=tmp_path)
     assert result.returncode == 2 and "no completed trial" in result.stderr
 
 
 def test_without_stored_artifacts_export_retrains_with_the_trial_seed(tmp_path: Path) -> None:
-    sweep = write_sweep(tmp_path, budget={"n_trials": 1}, tracking={"artifacts": "none"})
-    assert run_ftlab("sweep", str(sweep), cwd=tmp_path).returncode == 0
+    write_sweep(tmp_path, budget={"n_trials": 1}, tracking={"artifacts": "none"})
+    sweep_in_process(tmp_path)
     shutil.rmtree(tmp_path / ".ftlab" / "trials")
-    result = run_ftlab("best", "sweep.yaml", "--export", "out", "--json", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["export"]["weights_from"].startswith("re-trained")
+    result = export_here(tmp_path, "out")
+    assert result.weights_from.startswith("re-trained")
     assert (tmp_path / "out" / "model.safetensors").is_file()

@@ -11,10 +11,11 @@ import pytest
 from mlflow import MlflowClient
 
 from ftlab.sweep.record import TrialRecord
+from ftlab.sweep.runner import SweepFailingError
 from ftlab.sweep.study import tell
 from ftlab.sweep.trial_process import PruningCallback, TrialReapedError, record_for, run_ending
 from ftlab.tracking import TrackedRun
-from tests.helpers import SMALL_SWEEP, run_ftlab, runs_of, write_sweep
+from tests.helpers import SMALL_SWEEP, run_ftlab, runs_of, sweep_in_process, write_sweep
 
 # --- before any trial ------------------------------------------------------------------------------------------------
 
@@ -80,23 +81,22 @@ def test_a_failing_baseline_stops_the_sweep_and_a_full_disk_is_named(tmp_path: P
     trial_dir = tmp_path / ".ftlab" / "trials" / "small" / "trial-000"
     assert not [path.name for path in trial_dir.rglob(".*tmp-*")], "no temporary file is left behind"
     runs = {run.info.run_name: run for run in runs_of(tmp_path, "small")}
-    assert runs["small"].info.status == "FAILED"
-    assert "the baseline trial #0 failed" in runs["small"].data.tags["ftlab.end_reason"]
+    assert runs["small-sweep"].info.status == "FAILED"
+    assert "the baseline trial #0 failed" in runs["small-sweep"].data.tags["ftlab.end_reason"]
     assert runs["trial-000-baseline"].info.status == "FAILED"
 
 
 @pytest.mark.integration
 def test_trials_failing_in_a_row_stop_the_sweep_with_the_repeated_error(tmp_path: Path) -> None:
-    sweep = write_sweep(tmp_path, budget={"n_trials": 10, "max_failures_in_a_row": 2})
+    write_sweep(tmp_path, budget={"n_trials": 10, "max_failures_in_a_row": 2})
     faults = "segfault_at_step=1,trial=1;segfault_at_step=1,trial=2"
-    result = run_ftlab("sweep", str(sweep), cwd=tmp_path, env={"FTLAB_INJECT_FAULT": faults})
-    assert result.returncode == 1, result.stderr
-    assert (
-        "the sweep stopped: 2 trials in a row failed (#1, #2), each with: trial process killed by signal SIGSEGV"
-        in result.stderr
-    )
+    with pytest.raises(SweepFailingError) as stopped:
+        sweep_in_process(tmp_path, env={"FTLAB_INJECT_FAULT": faults})
+    assert str(stopped.value) == "2 trials in a row failed (#1, #2), each with: trial process killed by signal SIGSEGV"
     study = optuna.load_study(study_name="small", storage=f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}")
     assert [trial.state.name for trial in study.trials] == ["COMPLETE", "FAIL", "FAIL"]
+    parent = next(run for run in runs_of(tmp_path, "small") if run.info.run_name == "small-sweep")
+    assert parent.info.status == "FAILED" and parent.data.tags["ftlab.end_reason"] == str(stopped.value)
 
 
 # --- a trial reaped while it ran ----------------------------------------------------------------------------------
@@ -124,3 +124,12 @@ def test_a_late_result_from_a_reaped_trial_changes_nothing(tmp_path: Path) -> No
     assert ended.info.status == "KILLED"
     assert "heartbeats" in ended.data.tags["ftlab.end_reason"], "the reaper's reason stays"
     assert TrialRecord.from_trial(frozen).own_failure is False
+
+
+@pytest.mark.integration
+def test_commands_that_only_read_create_no_store(tmp_path: Path) -> None:
+    sweep = write_sweep(tmp_path)
+    for command in (["status", str(sweep)], ["best", str(sweep)], ["ui", str(sweep)]):
+        result = run_ftlab(*command, cwd=tmp_path)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, (command, result.stderr)
+    assert not (tmp_path / "mlruns").exists() or not any((tmp_path / "mlruns").iterdir())

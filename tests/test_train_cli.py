@@ -54,6 +54,22 @@ def test_eval_perplexity_is_exp_of_eval_loss_at_every_evaluation(trained: tuple[
     assert train_loss[-1].value < train_loss[0].value, "the demo fine-tune learns"
 
 
+def test_one_value_per_metric_per_step_so_eval_loss_plots_against_tokens_seen(trained: tuple[Path, object]) -> None:
+    # The UI's chart of eval/loss against train/tokens_seen needs exactly one tokens_seen value at every step that
+    # has an eval/loss point, and those values must grow with the step over the whole run.
+    folder, run = trained
+    client = local_client(folder)
+    tokens = client.get_metric_history(run.info.run_id, "train/tokens_seen")
+    steps = [metric.step for metric in tokens]
+    assert len(steps) == len(set(steps)), "train/tokens_seen logged twice at a step"
+    by_step = {metric.step: metric.value for metric in tokens}
+    evals = sorted(metric.step for metric in client.get_metric_history(run.info.run_id, "eval/loss"))
+    assert len(evals) == len(set(evals)) >= 2 and set(evals) <= set(by_step)
+    seen = [by_step[step] for step in evals]
+    assert seen == sorted(set(seen)), "one eval/loss point per fidelity point, in order"
+    assert seen[-1] == max(by_step.values()) == float(run.data.params["plan.total_tokens"])
+
+
 def test_params_use_trainingarguments_names_and_the_override(trained: tuple[Path, object]) -> None:
     _, run = trained
     params = run.data.params

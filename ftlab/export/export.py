@@ -23,6 +23,7 @@ from ftlab.data import prepare_data
 from ftlab.errors import UserError
 from ftlab.export.best import BestTrial, select_best
 from ftlab.export.card import CardFacts, render_card
+from ftlab.export.registry import register_model
 from ftlab.fileio import atomic_path, atomic_write_json
 from ftlab.settings import resolve_train_config
 from ftlab.sweep.orchestrate import open_sweep_study, tracking_uri_for
@@ -34,7 +35,6 @@ from ftlab.training.runtime import Runtime
 from ftlab.trial import load_tokenizer, run_trial
 
 RELATIVE_TOLERANCE = 1e-3
-CHAMPION_ALIAS = "champion"
 # What a Hugging Face model directory holds; anything else in a trial's folder (checkpoints, progress) stays behind.
 _MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json")
 
@@ -109,11 +109,12 @@ def measure_eval_loss(model_dir: Path, sweep: SweepConfig, sweep_dir: Path, trai
 
 def _copy_model(source: Path, target: Path, sweep: SweepConfig) -> None:
     target.mkdir(parents=True, exist_ok=True)
+    # copyfile, not copy2: the files get this user's usual permissions (safetensors writes its own 0600).
     for name in _MODEL_FILES:
         if (source / name).is_file():
-            shutil.copy2(source / name, target / name)
+            shutil.copyfile(source / name, target / name)
     for shard in source.glob("model-*.safetensors"):
-        shutil.copy2(shard, target / shard.name)
+        shutil.copyfile(shard, target / shard.name)
     # The tokenizer as ftlab loaded it for training: the same object users get from AutoTokenizer.
     load_tokenizer(sweep).save_pretrained(target)
 
@@ -137,17 +138,6 @@ def _provenance(best: BestTrial, train: TrainConfig, study: optuna.Study, finger
         "eval_loss_measured": measured,
         "weights_from": weights_from,
     }
-
-
-def register_model(tracking_uri: str, run_id: str, export_dir: Path, name: str) -> str:
-    """Log the exported folder to the trial's run and make it a Model Registry version with alias ``champion``."""
-    client = MlflowClient(tracking_uri=tracking_uri)
-    client.log_artifacts(run_id, str(export_dir), "export")
-    if client.search_registered_models(filter_string=f"name = '{name}'") == []:
-        client.create_registered_model(name, description="Best trials exported by ftlab")
-    version = client.create_model_version(name, source=f"runs:/{run_id}/export", run_id=run_id)
-    client.set_registered_model_alias(name, CHAMPION_ALIAS, version.version)
-    return f"{name} version {version.version} (alias {CHAMPION_ALIAS})"
 
 
 def export_best(
@@ -211,5 +201,5 @@ def export_best(
 
     registered = None
     if register:
-        registered = register_model(uri, best.record.mlflow_run_id, out_dir, register)
+        registered = register_model(uri, best, out_dir, register, measured)
     return ExportResult(out_dir, best.record.number, recorded, measured, weights_from, registered)

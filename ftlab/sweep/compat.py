@@ -1,12 +1,17 @@
-"""Every use of Optuna's private parts, in one place, each with the public API it stands in for and why.
+"""Every use of Optuna's and MLflow's private parts, in one place, each with the public API it stands in for and why.
 
 ftlab drives trials with ask/tell from several processes (one per trial, workers on other machines), which Optuna's
 public API only half covers: it has no public way to get a study's storage, a trial's id, or to rebuild a trial
-handle in another process. pyproject.toml pins Optuna below its next major, and tests/test_optuna_compat.py fails when
-any touchpoint below disappears. Storages without what ftlab needs get a clear error, not an AttributeError.
+handle in another process. MLflow logs system metrics only for the fluent API's "active run", which ftlab's trial
+runs (created by id with MlflowClient) never are. pyproject.toml pins both below their next majors, and
+tests/test_compat.py fails when any touchpoint below disappears. Storages without what ftlab needs get a clear error,
+not an AttributeError.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import optuna
 import sqlalchemy
@@ -100,3 +105,24 @@ def grace_period_of(study: optuna.Study) -> float | None:
 def set_trial_state(study: optuna.Study, trial_id: int, state: TrialState) -> bool:
     """Finish a trial that is not this process's to tell (a dead worker's). Whether this call changed it."""
     return storage_of(study).set_trial_state_values(trial_id, state)
+
+
+# Seconds between samples when the user sets none (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL wins): MLflow's 10 s
+# default leaves a minute-long trial with five points.
+SYSTEM_METRICS_INTERVAL_S = 5
+
+
+@contextmanager
+def system_metrics(run_id: str, tracking_uri: str) -> Iterator[None]:
+    """Log MLflow's system metrics (``system/cpu_utilization_percentage``, memory, disk, network; GPU utilisation and
+    memory where ``pynvml`` finds a GPU) to the run ``run_id`` while the block runs. Public stand-in:
+    ``mlflow.start_run(log_system_metrics=True)``, for the fluent API's active run only; this is its monitor, given
+    the run by id."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S, tracking_uri=tracking_uri)
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()  # before the run ends: what it collected is flushed while the run still takes metrics

@@ -32,6 +32,7 @@ class SweepOutcome:
     parent_run_id: str
     report_dir: Path
     tracking_uri: str
+    experiment_id: str
 
 
 def tracking_uri_for(sweep: SweepConfig, override: str | None = None) -> str:
@@ -100,7 +101,8 @@ def run_sweep(
                 retry_on_connection_loss(lambda: log_report(runner.study, sweep, uri, runner.parent_run_id, report_dir))
             runner.finish(status, reason)
     comparison = retry_on_connection_loss(lambda: compare(runner.study, sweep.objectives[0].metric))
-    return SweepOutcome(runner.study, comparison, runner.parent_run_id, report_dir, uri)
+    experiment = MlflowClient(tracking_uri=uri).get_run(runner.parent_run_id).info.experiment_id
+    return SweepOutcome(runner.study, comparison, runner.parent_run_id, report_dir, uri, experiment)
 
 
 def check_before_trials(

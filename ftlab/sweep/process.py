@@ -54,6 +54,7 @@ class TrialJob:
     trial_id: int
     trial_number: int
     overrides: dict[str, Any]
+    params: dict[str, Any]  # the sampled values, by the sweep file's names (overrides split the effective batch)
     tracking_uri: str
     run_id: str
     trial_dir: str

@@ -13,7 +13,7 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from ftlab.sweep import optuna_compat
+from ftlab.sweep import compat
 from ftlab.sweep.record import FAIL_REASON_ATTR, RUN_ID_ATTR, STOPPED_ATTR
 from ftlab.sweep.study import StaleTrialCallback
 from ftlab.tracking import end_run
@@ -45,7 +45,7 @@ def retry_trial(study: optuna.Study, trial_id: int) -> None:
 
     Safe to repeat: an attempt whose connection dropped after the commit has enqueued it already.
     """
-    trial = optuna_compat.storage_of(study).get_trial(trial_id)
+    trial = compat.storage_of(study).get_trial(trial_id)
     for other in study.get_trials(deepcopy=False):
         history = RetryHeartbeatStaleTrialCallback.retry_history(other)
         if history and history[-1] == trial.number:
@@ -55,7 +55,7 @@ def retry_trial(study: optuna.Study, trial_id: int) -> None:
 
 def retried_trial_number(study: optuna.Study, trial_id: int) -> int | None:
     """The number of the trial this one retries, if it is a retry."""
-    trial = optuna_compat.storage_of(study).get_trial(trial_id)
+    trial = compat.storage_of(study).get_trial(trial_id)
     return RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
 
 
@@ -66,12 +66,12 @@ def fail_orphaned_trials(study: optuna.Study) -> list[int]:
     by an attempt whose connection dropped after the commit: no process runs it, and Optuna's ``fail_stale_trials``
     would leave it RUNNING forever (and the budget waiting on it). It never trained, so it is not retried.
     """
-    grace = optuna_compat.grace_period_of(study)
+    grace = compat.grace_period_of(study)
     if grace is None:
         return []
-    storage = optuna_compat.storage_of(study)
+    storage = compat.storage_of(study)
     failed = []
-    for trial_id in optuna_compat.running_trials_without_heartbeat(study):
+    for trial_id in compat.running_trials_without_heartbeat(study):
         trial = storage.get_trial(trial_id)
         # datetime_start is the creating machine's naive local time; clusters normally run UTC.
         if trial.datetime_start is None or datetime.now() - trial.datetime_start < timedelta(seconds=grace):
@@ -82,7 +82,7 @@ def fail_orphaned_trials(study: optuna.Study) -> list[int]:
             "asked for, but the worker lost its database connection before starting it; it never ran",
         )
         storage.set_trial_user_attr(trial_id, STOPPED_ATTR, True)
-        if optuna_compat.set_trial_state(study, trial_id, TrialState.FAIL):
+        if compat.set_trial_state(study, trial_id, TrialState.FAIL):
             logger.warning("trial %d was asked for but never started (connection lost); marked FAIL", trial.number)
             failed.append(trial.number)
     return failed

@@ -18,6 +18,7 @@ from ftlab.sweep.summary import compare, format_value, status_json
 logger = logging.getLogger(__name__)
 
 PlotFn = Callable[..., Any]
+FIDELITY_AXIS = "tokens seen (fidelity point)"
 
 
 def _plots(study: optuna.Study) -> dict[str, tuple[PlotFn, PlotFn, dict[str, Any]]]:
@@ -87,7 +88,11 @@ def write_report(study: optuna.Study, sweep: SweepConfig, out_dir: Path) -> list
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # Optuna marks its matplotlib backend experimental
                 figure = plotly_fn(study, **kwargs)
-                _save_png(matplotlib_fn(study, **kwargs), out_dir / f"{name}.png")
+                axes = matplotlib_fn(study, **kwargs)
+                if name == "intermediate_values":  # Optuna calls the x axis "Step"; ftlab reports at tokens seen
+                    figure.update_xaxes(title_text=FIDELITY_AXIS)
+                    axes.set_xlabel(FIDELITY_AXIS)
+                _save_png(axes, out_dir / f"{name}.png")
         except (ValueError, RuntimeError, ZeroDivisionError) as error:
             logger.info("skipping plot %s: %s", name, error)
             continue

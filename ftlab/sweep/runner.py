@@ -7,6 +7,7 @@ other machines share the budget through it.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -22,7 +23,7 @@ import optuna
 from ftlab import paths
 from ftlab.config import SweepConfig, TrainConfig
 from ftlab.settings import resolve_train_config
-from ftlab.sweep import optuna_compat
+from ftlab.sweep import compat, runs
 from ftlab.sweep import study as studies
 from ftlab.sweep.budget import Budget, Decision, decide, failing
 from ftlab.sweep.forkserver import trial_process_context
@@ -31,7 +32,9 @@ from ftlab.sweep.reaper import reap, retried_trial_number, retry_trial, stale_tr
 from ftlab.sweep.record import BASELINE_ATTR, PARENT_RUN_ATTR, RUN_ID_ATTR, TrialRecord
 from ftlab.sweep.resilience import is_concurrent_schema_creation, is_connection_loss, retry_on_connection_loss
 from ftlab.sweep.space import baseline_point, same_point, sample_overrides
-from ftlab.tracking import TrackedRun, end_run, flatten, redact_url, start_or_resume_parent_run
+from ftlab.tracking import DESCRIPTION_TAG, TrackedRun, end_run, flatten, start_or_resume_parent_run
+
+logger = logging.getLogger(__name__)
 
 _POLL_S = 0.5
 
@@ -124,14 +127,9 @@ class SweepRunner:
                 run_id = start_or_resume_parent_run(
                     self.tracking_uri,
                     self.experiment,
-                    run_name=self.sweep.name,
+                    run_name=runs.parent_run_name(self.sweep),
                     existing_run_id=self.study.user_attrs.get(PARENT_RUN_ATTR),
-                    tags={
-                        "ftlab.role": "sweep",
-                        "optuna.study_name": self.sweep.name,
-                        "optuna.storage": redact_url(self.storage_url),
-                        "ftlab.sweep_file": str(self.sweep_file),
-                    },
+                    tags=runs.parent_run_tags(self.sweep, self.sweep_file, self.storage_url),
                     params=flatten(self.sweep.model_dump(mode="json", exclude={"storage", "tracking"})),
                 )
                 self.study.set_user_attr(PARENT_RUN_ATTR, run_id)
@@ -230,7 +228,7 @@ class SweepRunner:
                 return Decision.DONE, None
             if decision is not Decision.START:
                 return decision, None
-            return decision, optuna_compat.trial_id_of(studies.ask(self.study))
+            return decision, compat.trial_id_of(studies.ask(self.study))
 
     def _failing(self, trials: list[optuna.trial.FrozenTrial]) -> str | None:
         """Why the trials since this worker started keep failing, if they do (every worker of the study sees it)."""
@@ -245,7 +243,7 @@ class SweepRunner:
         Retried as a whole when the connection drops. Each attempt reloads the trial, so a parameter whose write
         was committed just before the connection died is read back rather than sampled (and stored) twice.
         """
-        trial = optuna_compat.trial_handle(self.study, trial_id)
+        trial = compat.trial_handle(self.study, trial_id)
         overrides = sample_overrides(trial, self.sweep, self.baseline_config)
         grid = isinstance(self.study.sampler, optuna.samplers.GridSampler)
         if grid and same_point(trial.params, self.baseline_point):
@@ -279,9 +277,10 @@ class SweepRunner:
             sweep=self.sweep.model_dump(mode="json"),
             sweep_dir=str(self.sweep_file.parent),
             storage_url=self.storage_url,
-            trial_id=optuna_compat.trial_id_of(trial),
+            trial_id=compat.trial_id_of(trial),
             trial_number=trial.number,
             overrides=overrides,
+            params=dict(trial.params),
             tracking_uri=self.tracking_uri,
             run_id=run_id,
             trial_dir=str(trial_dir),
@@ -292,17 +291,13 @@ class SweepRunner:
 
     def _run_one(self, trial_id: int, worker: int) -> None:
         trial, overrides, is_baseline, retry_of = retry_on_connection_loss(lambda: self._prepare(trial_id))
+        tags = runs.trial_run_tags(self.sweep, self.sweep_file, trial, is_baseline, retry_of)
         run = TrackedRun.start(
             self.tracking_uri,
             self.experiment,
             run_name=f"trial-{trial.number:03d}" + ("-baseline" if is_baseline else ""),
             parent_run_id=self.parent_run_id,
-            tags={
-                "optuna.trial.number": str(trial.number),
-                "optuna.study_name": self.sweep.name,
-                "ftlab.baseline": str(is_baseline).lower(),
-                **({"ftlab.retry_of_trial": str(retry_of)} if retry_of is not None else {}),
-            },
+            tags=tags,
         )
         retry_on_connection_loss(lambda: trial.set_user_attr(RUN_ID_ATTR, run.run_id))
         job = self._job(trial, overrides, run.run_id, retry_of, worker)
@@ -320,15 +315,26 @@ class SweepRunner:
                 # resumes from the last complete checkpoint. A segfault would most likely just happen again.
                 record = TrialRecord("FAIL", reason, retry=exitcode == -signal.SIGKILL)
             self._tell(trial_id, record)
+            self._show(run, record, tags[DESCRIPTION_TAG])
         finally:
             with self._lock:
                 self.running.pop(trial.number, None)
                 self._processes.discard(process)
         self.on_event(TrialEvent(record.state, trial.number, trial.params, is_baseline, record, worker))
 
+    def _show(self, run: TrackedRun, record: TrialRecord, description: str) -> None:
+        """What the trial came to, on its run; a new best, on the parent run (workers agree under the lock)."""
+        try:
+            run.set_tags(runs.outcome_tags(record, self.sweep.objectives[0].metric, description))
+        except Exception as error:  # the tracking server is down: the trial itself is stored, in the study and its run
+            logger.warning("could not describe trial %s's run in MLflow: %s", record.number, error)
+        if record.state == "COMPLETE":
+            with self.study_lock.held():
+                runs.show_best(self.study, self.sweep, self.tracking_uri, self.parent_run_id)
+
     def _beat(self, trial_id: int) -> None:
         try:
-            optuna_compat.record_heartbeat(self.study, trial_id)
+            compat.record_heartbeat(self.study, trial_id)
         except Exception as error:
             if not is_connection_loss(error):
                 raise

@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ftlab import paths
 from ftlab.config import SamplerConfig, StorageConfig, SweepConfig, TrainConfig
 from ftlab.errors import ConfigError
-from ftlab.sweep import optuna_compat
+from ftlab.sweep import compat
 from ftlab.sweep.record import BASELINE_ATTR, SWEEP_ATTR, SWEEP_CHANGES_ATTR, TrialRecord
 from ftlab.tracking import flatten
 
@@ -174,7 +174,7 @@ def create_or_load_study(
     ``seed_salt`` keeps worker processes that start at the same moment from drawing the same trials.
     """
     storage = open_storage(storage_url, sweep.storage, on_stale_trial)
-    return optuna.create_study(
+    study = optuna.create_study(
         study_name=sweep.name,
         storage=storage,
         sampler=build_sampler(sweep.sampler, sweep, _existing_trials(storage, sweep.name), seed_salt),
@@ -182,6 +182,9 @@ def create_or_load_study(
         directions=[objective.direction for objective in sweep.objectives],
         load_if_exists=True,
     )
+    if study.metric_names is None:  # Optuna's plots and optuna-dashboard then say "eval/loss", not "Objective Value"
+        study.set_metric_names([objective.metric for objective in sweep.objectives])
+    return study
 
 
 def sweep_signature(sweep: SweepConfig, baseline: TrainConfig) -> dict[str, Any]:
@@ -282,7 +285,7 @@ def grid_exhausted(study: optuna.Study) -> bool:
 def ask(study: optuna.Study) -> optuna.Trial:
     """A new trial, with its first heartbeat recorded at once, so that a dead worker's trial is always found."""
     trial = study.ask()
-    optuna_compat.record_heartbeat(study, optuna_compat.trial_id_of(trial))
+    compat.record_heartbeat(study, compat.trial_id_of(trial))
     return trial
 
 
@@ -291,8 +294,8 @@ def tell(study: optuna.Study, trial_id: int, record: TrialRecord) -> None:
 
     Safe to repeat: an attempt whose connection dropped after the commit has told it already.
     """
-    trial = optuna_compat.trial_handle(study, trial_id)
-    if optuna_compat.storage_of(study).get_trial(trial_id).state.is_finished():
+    trial = compat.trial_handle(study, trial_id)
+    if compat.storage_of(study).get_trial(trial_id).state.is_finished():
         return
     for key, value in record.to_user_attrs().items():
         trial.set_user_attr(key, value)

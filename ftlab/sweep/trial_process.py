@@ -26,12 +26,12 @@ from ftlab.console import quiet_libraries
 from ftlab.errors import UserError
 from ftlab.fileio import NoSpaceError, atomic_write_json
 from ftlab.settings import resolve_train_config
-from ftlab.sweep import optuna_compat
+from ftlab.sweep import compat
 from ftlab.sweep.process import TrialJob
 from ftlab.sweep.record import TrialRecord
 from ftlab.sweep.resilience import retry_on_connection_loss
 from ftlab.sweep.study import build_pruner, open_storage
-from ftlab.tracking import TrackedRun
+from ftlab.tracking import TrackedRun, param_value
 from ftlab.training.callbacks import TrainingCallback, TrainPlan
 from ftlab.training.loop import NonFiniteLossError, TrainingPreemptedError
 from ftlab.training.oom import OutOfMemoryAtBatchOneError
@@ -190,7 +190,7 @@ def run_trial_job(job: TrialJob) -> None:
     signal.signal(signal.SIGINT, _first_ctrl_c_only)
     run = TrackedRun(MlflowClient(tracking_uri=job.tracking_uri), job.run_id, ending=run_ending)
     try:
-        with run:
+        with run, compat.system_metrics(run.run_id, job.tracking_uri):
             record = _train(job, run, stop_requested)
     except BaseException as error:
         record = record_for(error)
@@ -210,8 +210,11 @@ def _train(job: TrialJob, run: TrackedRun, stop_requested: threading.Event) -> T
             study_name=sweep.name, storage=open_storage(job.storage_url), pruner=build_pruner(sweep)
         )
     )
-    trial = optuna_compat.trial_handle(study, job.trial_id)
+    trial = compat.trial_handle(study, job.trial_id)
     train_config = resolve_train_config(sweep, sweep_dir, job.overrides)
+    # What the sweep searched, apart from what it fixed: `search.*` params and a tag naming them, for the UI's columns.
+    run.log_params({f"search.{name}": param_value(value) for name, value in job.params.items()})
+    run.set_tags({"ftlab.searched": ", ".join(job.params)})
     expected = {
         "learning_rate": train_config.learning_rate,
         "total_train_batch_size": train_config.total_train_batch_size,
@@ -229,8 +232,11 @@ def _train(job: TrialJob, run: TrackedRun, stop_requested: threading.Event) -> T
         callbacks=callbacks,
         resume_from=Path(job.resume_from) if job.resume_from else None,
         stop_requested=stop_requested,
+        nested=True,
     )
-    if optuna_compat.storage_of(study).get_trial(job.trial_id).state.is_finished():
+    if compat.storage_of(study).get_trial(job.trial_id).state.is_finished():
         raise TrialReapedError
     record.values = objective_values(sweep, record)
+    # Only finished trials have these: a column where a pruned trial's early eval/loss cannot pass for a final one.
+    run.log_metrics({f"final/{o.metric}": v for o, v in zip(sweep.objectives, record.values, strict=True)}, step=0)
     return record
