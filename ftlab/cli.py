@@ -317,12 +317,23 @@ def worker(
     timeout: Annotated[float | None, typer.Option("--timeout", help="Seconds after which no new trial starts.")] = None,
     workers: Annotated[int, typer.Option("--workers", help="Trials at once on this machine (one per GPU).")] = 1,
     accept_changes: AcceptChanges = False,
+    confirm_runs: Annotated[
+        bool, typer.Option("--confirm", help="Take part in the sweep's confirmation (`ftlab confirm`) instead.")
+    ] = False,
 ) -> None:
     """Join a shared study from any machine and run trials until its budget is spent."""
     start_trial_server()
     quiet_libraries()
-    from ftlab.sweep.orchestrate import run_sweep
+    from ftlab.sweep.orchestrate import run_confirm, run_sweep
 
+    if confirm_runs:
+        with stops_cleanly():
+            found = run_confirm(
+                file, workers=workers, storage_url=storage, tracking_uri=tracking_uri, console=console, live=False,
+                seed_salt=secrets.randbits(32), join_only=True,
+            )  # fmt: skip
+        _print_confirmation(found)
+        return
     with stops_cleanly():
         outcome = run_sweep(
             file, n_trials=n_trials, timeout=timeout, workers=workers, storage_url=storage, tracking_uri=tracking_uri,
@@ -330,6 +341,43 @@ def worker(
             accept_changes=accept_changes,
         )  # fmt: skip
     console.print(outcome.comparison.sentence() if outcome.comparison else "no trial completed")
+
+
+@app.command()
+def confirm(
+    file: SweepFile,
+    top: Annotated[int, typer.Option("--top", help="Best configurations to confirm besides the baseline.")] = 3,
+    seeds: Annotated[int, typer.Option("--seeds", help="New training seeds per configuration.")] = 5,
+    workers: Annotated[int, typer.Option("--workers", help="Runs at once on this machine (one per GPU).")] = 1,
+    storage: StorageUrl = None,
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Train the baseline and the sweep's top configurations again with new seeds: is the winner's gain real or seed
+    noise? Resumable: runs already done are not repeated; `ftlab worker --confirm` processes can help."""
+    start_trial_server()
+    quiet_libraries()
+    from ftlab.sweep.orchestrate import run_confirm
+
+    with stops_cleanly():
+        found = run_confirm(
+            file, top=top, seeds=seeds, workers=workers, storage_url=storage, tracking_uri=tracking_uri,
+            console=console,
+        )  # fmt: skip
+    _print_confirmation(found)
+
+
+def _print_confirmation(found: Any) -> None:
+    """The confirmation table and its verdict (``found``: a :class:`ftlab.sweep.confirm.Confirmation` or None)."""
+    if found is None:
+        console.print("no confirmation run has completed yet")
+        return
+    table = Table(title=f"confirmation over seeds {found.seeds} ({found.metric}, {found.direction})")
+    for column in found.COLUMNS:
+        table.add_column(column, overflow="fold")
+    for cells in found.table_rows():
+        table.add_row(*cells)
+    console.print(table)
+    console.print(found.sentence(), highlight=False)
 
 
 @app.command()
@@ -343,6 +391,7 @@ def status(
     tracking_uri: TrackingUri = None,
 ) -> None:
     """Every trial's state, params, objective and duration, and the best against the baseline."""
+    from ftlab.sweep.confirm import load_confirmation
     from ftlab.sweep.orchestrate import open_sweep_study, reap_sweep
     from ftlab.sweep.record import TrialRecord
     from ftlab.sweep.summary import compare, format_value, status_json
@@ -351,8 +400,10 @@ def status(
         reap_sweep(file, storage, tracking_uri)
     sweep_config, study = open_sweep_study(file, storage)
     metric = sweep_config.objectives[0].metric
+    confirmed = load_confirmation(sweep_config, storage)
     if as_json:
-        console.print_json(json.dumps(status_json(study, metric), default=str))
+        shown = status_json(study, metric) | {"confirmation": confirmed.as_json() if confirmed else None}
+        console.print_json(json.dumps(shown, default=str))
         return
     table = Table(title=f"study {study.study_name}")
     for column in ("#", "state", metric, "perplexity", "duration"):
@@ -374,6 +425,8 @@ def status(
     console.print(table)
     comparison = compare(study, metric)
     console.print(comparison.sentence() if comparison else "no trial has completed yet")
+    if confirmed is not None:
+        _print_confirmation(confirmed)
 
 
 @app.command()
@@ -403,6 +456,7 @@ def best(
     """The best trial against the baseline; with --export, the winner as a verified Hugging Face model directory."""
     quiet_libraries()
     from ftlab.export.best import select_best
+    from ftlab.sweep.confirm import load_confirmation
     from ftlab.sweep.orchestrate import open_sweep_study, tracking_uri_for
 
     if register and export is None:
@@ -410,6 +464,8 @@ def best(
     sweep_config, study = open_sweep_study(file, storage)
     uri = tracking_uri_for(sweep_config, tracking_uri)
     winner = select_best(study, sweep_config, str(file)).as_json(uri)
+    confirmed = load_confirmation(sweep_config, storage)
+    winner["confirmation"] = confirmed.as_json() if confirmed else None
     if export is not None:
         from ftlab.export.export import export_best
 
@@ -424,6 +480,10 @@ def best(
         console.print_json(json.dumps(winner, default=str))
         return
     _print_best(winner)
+    if confirmed is not None:
+        _print_confirmation(confirmed)
+    else:
+        console.print(f"Is the gain more than seed noise? ftlab confirm {file}", highlight=False)
 
 
 def _print_best(winner: dict[str, Any]) -> None:

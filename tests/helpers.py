@@ -105,11 +105,24 @@ def sweep_in_process(folder: Path, *, env: dict[str, str] | None = None, **optio
     (torch and transformers imported) starts once for the whole test session instead of once per sweep. Each trial
     takes this folder and environment with it, as from a worker.
     """
+    from ftlab.sweep.orchestrate import run_sweep
+
+    return _in_process(run_sweep, folder, env, options)
+
+
+def confirm_in_process(folder: Path, *, env: dict[str, str] | None = None, **options: Any) -> Any:
+    """``ftlab confirm folder/sweep.yaml`` as the library call the CLI makes (``run_confirm``), in this process (as
+    :func:`sweep_in_process`)."""
+    from ftlab.sweep.orchestrate import run_confirm
+
+    return _in_process(run_confirm, folder, env, options)
+
+
+def _in_process(command: Any, folder: Path, env: dict[str, str] | None, options: dict[str, Any]) -> Any:
     from rich.console import Console
 
     from ftlab.console import quiet_libraries
-    from ftlab.sweep.orchestrate import run_sweep
 
     quiet_libraries()
     with contextlib.chdir(folder), environment(env):
-        return run_sweep(folder / "sweep.yaml", console=Console(file=io.StringIO()), live=False, **options)
+        return command(folder / "sweep.yaml", console=Console(file=io.StringIO()), live=False, **options)

@@ -19,7 +19,8 @@ Fixtures:
   may ``stop()`` it and the next test gets it started again, on the same port.
 
 A test skips, with the reason, when PostgreSQL is not reachable. ``FTLAB_TEST_POSTGRES`` overrides the server URL
-(default ``postgresql://postgres@127.0.0.1:5432``, the plain form users write, which SQLAlchemy opens with psycopg 3, trust authentication).
+(default ``postgresql://postgres@127.0.0.1:5432``, trust authentication: the plain form users write, which
+SQLAlchemy opens with psycopg 3).
 
 PYTEST_DONT_REWRITE: nothing here asserts for a test, so a test module may import from this module before pytest
 loads it as a plugin.

@@ -38,7 +38,7 @@ def settings_problems(**changes: object) -> list[str]:
     ],
 )
 def test_ranges_optuna_would_refuse_are_refused_when_the_file_is_read(spec: dict, expected: str) -> None:
-    with pytest.raises(ConfigError, match="sweep.yaml:search.learning_rate") as caught:
+    with pytest.raises(ConfigError, match=r"sweep\.yaml:search\.learning_rate") as caught:
         sweep_with(search={"learning_rate": spec})
     assert expected in str(caught.value)
 

@@ -21,6 +21,7 @@ from huggingface_hub import ModelCardData
 import ftlab
 from ftlab.baselines.trainer_format import TRAINER_LINES
 from ftlab.config import SweepConfig, TrainConfig
+from ftlab.sweep.confirm import Confirmation
 
 
 @dataclass
@@ -141,4 +142,28 @@ def render_card(facts: CardFacts) -> str:
         f"- Python {platform.python_version()}",
         "",
     ]
+    return "\n".join(lines)
+
+
+def confirmation_section(found: Confirmation, exported_trial: int) -> str:
+    """The card section for ``ftlab confirm``'s verdict. Its heading is not one the Trainer layout knows, so
+    ``ftlab baseline from-card`` reads past it."""
+    winner = found.winner
+    lines = [
+        "### Confirmation over seeds",
+        "",
+        f"`ftlab confirm` trained the baseline and the sweep's best configurations again with the training seeds "
+        f"{', '.join(map(str, found.seeds))} (data order and dropout change; the validation split does not) and "
+        f"compared each with the baseline by Welch's t-test on {found.metric}:",
+        "",
+        found.table(),
+        "",
+        found.sentence() + ".",
+    ]
+    if winner is not None and winner.candidate.trial != exported_trial:
+        lines += [
+            "",
+            f"These weights are trial {exported_trial}'s, the sweep's best single run; by mean over seeds the best "
+            f"configuration is trial {winner.candidate.trial}'s.",
+        ]
     return "\n".join(lines)

@@ -22,10 +22,11 @@ from ftlab.config import SweepConfig, TrainConfig
 from ftlab.data import prepare_data
 from ftlab.errors import UserError
 from ftlab.export.best import BestTrial, select_best
-from ftlab.export.card import CardFacts, render_card
+from ftlab.export.card import CardFacts, confirmation_section, render_card
 from ftlab.export.registry import register_model
 from ftlab.fileio import atomic_path, atomic_write_json
 from ftlab.settings import resolve_train_config
+from ftlab.sweep.confirm import load_confirmation
 from ftlab.sweep.orchestrate import open_sweep_study, tracking_uri_for
 from ftlab.sweep.record import TrialRecord
 from ftlab.sweep.space import params_to_overrides
@@ -159,6 +160,7 @@ def export_best(
     sweep_dir = sweep_file.parent
     uri = tracking_uri_for(sweep, tracking_uri)
     best = select_best(study, sweep, str(sweep_file))
+    confirmed = load_confirmation(sweep, storage_url)
     _check_target(out_dir, force)
     train = trial_train_config(sweep, sweep_dir, best.record)
     recorded = best.record.eval_loss
@@ -194,9 +196,11 @@ def export_best(
             mlflow_run_id=best.record.mlflow_run_id,
             baseline=best.as_json(uri)["baseline"],
             gain=(best.gain.absolute, best.gain.relative) if best.gain else (None, None),
+            extra_sections=[confirmation_section(confirmed, best.record.number)] if confirmed else [],
         )
         (build / "README.md").write_text(render_card(facts))
         provenance = _provenance(best, train, study, fingerprint, measured, weights_from, uri)
+        provenance["confirmation"] = confirmed.as_json() if confirmed else None
         atomic_write_json(build / "ftlab.json", provenance, indent=2)
 
     registered = None

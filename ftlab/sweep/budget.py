@@ -29,6 +29,8 @@ class Budget:
     """COMPLETE trials to reach across every worker (the baseline included); None: no such limit."""
     max_trials: int | None = None
     """Trials to start at most, whatever their outcome."""
+    fixed: bool = False
+    """Run the enqueued trials and nothing else (a confirmation's plan): done when none waits or runs."""
 
 
 def decide(states: Iterable[TrialState], budget: Budget, grid_exhausted: bool = False) -> Decision:
@@ -37,6 +39,10 @@ def decide(states: Iterable[TrialState], budget: Budget, grid_exhausted: bool = 
     WAITING trials (the enqueued baseline, retries) are not started yet: they count once a worker asks for them.
     """
     counts = Counter(states)
+    if budget.fixed:
+        if counts[TrialState.WAITING]:
+            return Decision.START
+        return Decision.WAIT if counts[TrialState.RUNNING] else Decision.DONE
     if grid_exhausted:
         return Decision.DONE
     started = sum(counts.values()) - counts[TrialState.WAITING]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,19 @@ from rich.console import Console
 from ftlab import paths, preflight
 from ftlab.config import SweepConfig, load_sweep
 from ftlab.errors import UserError
+from ftlab.settings import resolve_train_config
+from ftlab.sweep.budget import Budget
+from ftlab.sweep.confirm import (
+    PARENT_RUN_NAME,
+    Candidate,
+    Confirmation,
+    candidates,
+    confirm_config,
+    confirmation,
+    enqueue_plan,
+    seeds_for,
+    write_confirmation_report,
+)
 from ftlab.sweep.forkserver import trial_process_context
 from ftlab.sweep.process import WorkerContext, call_in_context
 from ftlab.sweep.reaper import reap, stale_trial_callback
@@ -63,30 +77,65 @@ def run_sweep(
         SweepFailingError: the trials kept failing (the failure budget); the parent run ends FAILED with the reason.
         PreemptedError: SIGTERM; the running trials saved checkpoints and wait for their retries.
     """
-    if workers < 1:
-        raise UserError.single(
-            "need at least one worker", where="--workers", value=workers, fix="pass --workers 1 or more"
-        )
-    console = console or Console()
     sweep = load_sweep(sweep_file)
-    budget = n_trials if n_trials is not None else sweep.budget.n_trials
-    if budget is None and timeout is None and sweep.budget.timeout is None:
+    complete = n_trials if n_trials is not None else sweep.budget.n_trials
+    timeout = timeout if timeout is not None else sweep.budget.timeout
+    if complete is None and timeout is None:
         raise UserError.single(
             "the sweep has no budget: it would run forever",
             where=f"{sweep_file}:budget",
             fix="set budget.n_trials or budget.timeout in the file, or pass --n-trials / --timeout",
         )
+    budget = Budget(n_trials=complete, max_trials=sweep.budget.max_trials)
+    return run_study(
+        sweep, sweep_file, budget, timeout=timeout, workers=workers, storage_url=storage_url,
+        tracking_uri=tracking_uri, console=console, live=live, seed_salt=seed_salt, accept_changes=accept_changes,
+    )  # fmt: skip
+
+
+def run_study(
+    sweep: SweepConfig,
+    sweep_file: Path,
+    budget: Budget,
+    *,
+    timeout: float | None = None,
+    workers: int = 1,
+    storage_url: str | None = None,
+    tracking_uri: str | None = None,
+    console: Console | None = None,
+    live: bool | None = None,
+    seed_salt: int = 0,
+    accept_changes: bool = False,
+    parent_run_name: str | None = None,
+    prepare: Callable[[optuna.Study], None] | None = None,
+    report: Callable[[optuna.Study, str, str], None] | None = None,
+) -> SweepOutcome:
+    """Check that the study can start, open it, call ``prepare(study)`` under the study lock (a plan enqueues its
+    trials there), run trials until ``budget`` is spent, write the report (``report(study, tracking_uri,
+    parent_run_id)``; the sweep's by default) and end the parent run. See :func:`run_sweep` for what it raises."""
+    if workers < 1:
+        raise UserError.single(
+            "need at least one worker", where="--workers", value=workers, fix="pass --workers 1 or more"
+        )
     storage = storage_url_for(sweep, storage_url)
     uri = tracking_uri_for(sweep, tracking_uri)
     check_before_trials(sweep, sweep_file, storage_url, tracking_uri)
     runner = SweepRunner(sweep, sweep_file, storage, uri, workers=workers, seed_salt=seed_salt,
-                         accept_changes=accept_changes)  # fmt: skip
-    view = SweepView(runner, console, sweep.objectives[0].metric, live=live)
+                         accept_changes=accept_changes, parent_run_name=parent_run_name)  # fmt: skip
+    if prepare is not None:
+
+        def prepared() -> None:
+            with runner.study_lock.held():
+                prepare(runner.study)
+
+        retry_on_connection_loss(prepared)
+    view = SweepView(runner, console or Console(), sweep.objectives[0].metric, live=live)
     runner.on_event = view.on_event
     status, reason = "FINISHED", None
+    report_dir = paths.report_dir(sweep.name)
     try:
         with view.context():
-            runner.run(budget, timeout if timeout is not None else sweep.budget.timeout)
+            runner.run(budget, timeout)
     except (KeyboardInterrupt, PreemptedError):
         status = "KILLED"
         raise
@@ -94,15 +143,71 @@ def run_sweep(
         status, reason = "FAILED", str(error)
         raise
     finally:
-        report_dir = paths.report_dir(sweep.name)
         if runner.parent_run_id:
             # A preempted worker has seconds left: whoever runs next writes the report.
             if not runner.preempted and retry_on_connection_loss(lambda: _report_is_due(runner)):
-                retry_on_connection_loss(lambda: log_report(runner.study, sweep, uri, runner.parent_run_id, report_dir))
+                if report is None:
+                    retry_on_connection_loss(
+                        lambda: log_report(runner.study, sweep, uri, runner.parent_run_id, report_dir)
+                    )
+                else:
+                    retry_on_connection_loss(lambda: report(runner.study, uri, runner.parent_run_id))
             runner.finish(status, reason)
     comparison = retry_on_connection_loss(lambda: compare(runner.study, sweep.objectives[0].metric))
     experiment = MlflowClient(tracking_uri=uri).get_run(runner.parent_run_id).info.experiment_id
     return SweepOutcome(runner.study, comparison, runner.parent_run_id, report_dir, uri, experiment)
+
+
+def run_confirm(
+    sweep_file: Path,
+    *,
+    top: int = 3,
+    seeds: int = 5,
+    workers: int = 1,
+    storage_url: str | None = None,
+    tracking_uri: str | None = None,
+    console: Console | None = None,
+    live: bool | None = None,
+    seed_salt: int = 0,
+    join_only: bool = False,
+    configurations: list[Candidate] | None = None,
+) -> Confirmation | None:
+    """Train the sweep's baseline and its ``top`` best configurations again with ``seeds`` new seeds each (see
+    :mod:`ftlab.sweep.confirm`), log the table and the plot to the "confirm" parent run, and return the verdict.
+
+    ``join_only`` (``ftlab worker --confirm``): run what ``ftlab confirm`` enqueued, enqueue nothing.
+    ``configurations``: confirm these instead of the sweep's baseline and top ``top`` (the first must be the baseline).
+
+    Raises:
+        UserError: bad ``top``/``seeds``, no sweep study, or no completed baseline trial yet.
+    """
+    for name, value, least in (("--top", top, 1), ("--seeds", seeds, 1)):
+        if value < least:
+            raise UserError.single(
+                f"needs {least} or more", where=name, value=value, fix=f"pass {name} {least} or more"
+            )
+    sweep = load_sweep(sweep_file)
+    plan: list[Candidate] = configurations or []
+    if not join_only and not plan:
+        _, sweep_study = open_sweep_study(sweep_file, storage_url)
+        plan = retry_on_connection_loss(lambda: candidates(sweep_study, top))
+    seed_list = seeds_for(resolve_train_config(sweep, sweep_file.parent, source=str(sweep_file)).seed, seeds)
+    confirm = confirm_config(sweep)
+    metric = sweep.objectives[0].metric
+
+    def report(study: optuna.Study, uri: str, parent_run_id: str) -> None:
+        found = confirmation(study, metric)
+        if found is not None:
+            out_dir = paths.report_dir(confirm.name)
+            write_confirmation_report(found, out_dir)
+            MlflowClient(tracking_uri=uri).log_artifacts(parent_run_id, str(out_dir), "confirm")
+
+    outcome = run_study(
+        confirm, sweep_file, Budget(fixed=True), workers=workers, storage_url=storage_url, tracking_uri=tracking_uri,
+        console=console, live=live, seed_salt=seed_salt, parent_run_name=PARENT_RUN_NAME,
+        prepare=None if join_only else lambda study: enqueue_plan(study, plan, seed_list), report=report,
+    )  # fmt: skip
+    return retry_on_connection_loss(lambda: confirmation(outcome.study, metric))
 
 
 def check_before_trials(

@@ -24,6 +24,10 @@ SWEEP_CHANGES_ATTR = "ftlab.sweep_changes"  # study: changes accepted since (--a
 FAIL_REASON_ATTR = "fail_reason"
 PRUNE_REASON_ATTR = "prune_reason"
 STOPPED_ATTR = "stopped_from_outside"  # trial: failed by a lost worker, preemption or Ctrl-C, not by its own error
+# An enqueued trial may fix more than its params (a confirmation's seed), and name its run and add tags to it.
+OVERRIDES_ATTR = "ftlab.overrides"
+RUN_NAME_ATTR = "ftlab.run_name"
+RUN_TAGS_ATTR = "ftlab.run_tags"
 
 State = Literal["COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"]
 

@@ -29,10 +29,17 @@ from ftlab.sweep.budget import Budget, Decision, decide, failing
 from ftlab.sweep.forkserver import trial_process_context
 from ftlab.sweep.process import TrialJob, TrialProcess, describe_exit
 from ftlab.sweep.reaper import reap, retried_trial_number, retry_trial, stale_trial_callback
-from ftlab.sweep.record import BASELINE_ATTR, PARENT_RUN_ATTR, RUN_ID_ATTR, TrialRecord
+from ftlab.sweep.record import BASELINE_ATTR, OVERRIDES_ATTR, PARENT_RUN_ATTR, RUN_ID_ATTR, TrialRecord
 from ftlab.sweep.resilience import is_concurrent_schema_creation, is_connection_loss, retry_on_connection_loss
 from ftlab.sweep.space import baseline_point, same_point, sample_overrides
-from ftlab.tracking import DESCRIPTION_TAG, TrackedRun, end_run, flatten, start_or_resume_parent_run
+from ftlab.tracking import (
+    DESCRIPTION_TAG,
+    TrackedRun,
+    end_run,
+    experiment_name,
+    flatten,
+    start_or_resume_parent_run,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +91,7 @@ class SweepRunner:
         on_event: Callable[[TrialEvent], None] | None = None,
         seed_salt: int = 0,
         accept_changes: bool = False,
+        parent_run_name: str | None = None,
     ) -> None:
         self._context = trial_process_context()
         self.sweep = sweep
@@ -92,7 +100,8 @@ class SweepRunner:
         self.tracking_uri = tracking_uri
         self.workers = workers
         self.on_event = on_event or (lambda event: None)
-        self.experiment = sweep.tracking.experiment or sweep.name
+        self.experiment = experiment_name(sweep)
+        self.parent_run_name = parent_run_name or runs.parent_run_name(sweep)
         self.baseline_config: TrainConfig = resolve_train_config(sweep, sweep_file.parent, source=str(sweep_file))
         self.baseline_point = baseline_point(sweep, self.baseline_config, str(sweep_file))
         self.study_lock = studies.StudyLock(storage_url, sweep.name)
@@ -127,7 +136,7 @@ class SweepRunner:
                 run_id = start_or_resume_parent_run(
                     self.tracking_uri,
                     self.experiment,
-                    run_name=runs.parent_run_name(self.sweep),
+                    run_name=self.parent_run_name,
                     existing_run_id=self.study.user_attrs.get(PARENT_RUN_ATTR),
                     tags=runs.parent_run_tags(self.sweep, self.sweep_file, self.storage_url),
                     params=flatten(self.sweep.model_dump(mode="json", exclude={"storage", "tracking"})),
@@ -143,16 +152,17 @@ class SweepRunner:
         if self.parent_run_id:
             end_run(self.tracking_uri, self.parent_run_id, status, reason)
 
-    def run(self, n_trials: int | None, timeout: float | None) -> None:
-        """Run trials until ``n_trials`` COMPLETE trials exist in the study, ``timeout`` passes, or Ctrl-C."""
+    def run(self, budget: Budget, timeout: float | None) -> None:
+        """Run trials until the budget is spent (see :func:`ftlab.sweep.budget.decide`), ``timeout`` passes, or
+        Ctrl-C. A fixed plan runs what is enqueued; a search first enqueues the baseline."""
 
         def enqueue() -> None:
             with self.study_lock.held():  # two workers starting together must not both enqueue it
                 studies.enqueue_baseline(self.study, self.baseline_point)
 
-        retry_on_connection_loss(enqueue)
+        if not budget.fixed:
+            retry_on_connection_loss(enqueue)
         self.start_parent_run()
-        budget = Budget(n_trials=n_trials, max_trials=self.sweep.budget.max_trials)
         deadline = time.monotonic() + timeout if timeout else None
         finished = [threading.Event() for _ in range(self.workers)]
         for index in range(self.workers):
@@ -244,7 +254,10 @@ class SweepRunner:
         was committed just before the connection died is read back rather than sampled (and stored) twice.
         """
         trial = compat.trial_handle(self.study, trial_id)
-        overrides = sample_overrides(trial, self.sweep, self.baseline_config)
+        overrides = {
+            **sample_overrides(trial, self.sweep, self.baseline_config),
+            **trial.user_attrs.get(OVERRIDES_ATTR, {}),
+        }
         grid = isinstance(self.study.sampler, optuna.samplers.GridSampler)
         if grid and same_point(trial.params, self.baseline_point):
             # A grid ignores the enqueued baseline; its own trial at the baseline's point is marked instead.
@@ -295,7 +308,7 @@ class SweepRunner:
         run = TrackedRun.start(
             self.tracking_uri,
             self.experiment,
-            run_name=f"trial-{trial.number:03d}" + ("-baseline" if is_baseline else ""),
+            run_name=runs.trial_run_name(trial, is_baseline),
             parent_run_id=self.parent_run_id,
             tags=tags,
         )

@@ -14,7 +14,7 @@ from typing import Any
 import optuna
 
 from ftlab.config import SweepConfig
-from ftlab.sweep.record import TrialRecord
+from ftlab.sweep.record import RUN_NAME_ATTR, RUN_TAGS_ATTR, TrialRecord
 from ftlab.sweep.summary import compare, state_counts
 from ftlab.tracking import DESCRIPTION_TAG, SOURCE_TAG, mark_best, param_value, redact_url
 
@@ -44,6 +44,10 @@ def _settings(params: dict[str, Any]) -> str:
     return ", ".join(f"{key}={param_value(value)}" for key, value in params.items())
 
 
+def trial_run_name(trial: optuna.Trial, baseline: bool) -> str:
+    return trial.user_attrs.get(RUN_NAME_ATTR) or f"trial-{trial.number:03d}" + ("-baseline" if baseline else "")
+
+
 def trial_run_tags(
     sweep: SweepConfig, sweep_file: Path, trial: optuna.Trial, baseline: bool, retry_of: int | None
 ) -> dict[str, str]:
@@ -57,6 +61,7 @@ def trial_run_tags(
         **({"ftlab.retry_of_trial": str(retry_of)} if retry_of is not None else {}),
         SOURCE_TAG: f"ftlab sweep {sweep_file}",
         DESCRIPTION_TAG: f"Trial {trial.number}, {what} of sweep {sweep.name}{retry}: {_settings(trial.params)}",
+        **trial.user_attrs.get(RUN_TAGS_ATTR, {}),
     }
 
 
