@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # (TORCH_SPEC= make setup keeps what is there).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup demo test test-slow lint bench-cpu bench-sweep bench-gpu clean
+.PHONY: setup demo test test-slow test-browser lint bench-cpu bench-sweep bench-gpu clean
 
 $(BIN)/ftlab: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,7 @@ setup: $(BIN)/ftlab
 demo: setup
 	$(BIN)/ftlab demo-assets
 	$(BIN)/ftlab sweep sweeps/demo.yaml
+	$(BIN)/ftlab confirm sweeps/demo.yaml --top 1 --seeds 3
 	$(BIN)/ftlab status sweeps/demo.yaml
 	$(BIN)/ftlab best sweeps/demo.yaml --export out/demo-best --force
 	@echo "Next: open the MLflow UI with '$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db' (http://127.0.0.1:5000)"
@@ -26,9 +27,14 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
-# The slow tier: smoke runs of the benchmark scripts at tiny size (the benchmarks themselves are the bench-* targets).
+# The slow tier: chaos tests (kills mid-checkpoint, SIGTERM, dropped database connections, a tracking-server outage,
+# a killed confirmation) and smoke runs of the benchmark scripts at tiny size. CI runs it after `make test`.
 test-slow: setup
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m "slow and not browser"
+
+# The MLflow UI and optuna-dashboard in headless Chromium (found on PATH or installed with apt-get; else skipped).
+test-browser: setup
+	$(BIN)/python -m pytest -q -m browser -p no:cacheprovider
 
 lint: setup
 	$(BIN)/ruff check ftlab tests benchmarks

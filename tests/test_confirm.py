@@ -153,6 +153,7 @@ def test_a_card_with_a_confirmation_still_reads_as_a_trainer_card() -> None:
 TINY = {**SMALL_SWEEP["data"], "max_train_blocks": 96}
 
 
+@pytest.mark.integration
 def test_a_configuration_identical_to_the_baseline_is_not_distinguishable(tmp_path: Path) -> None:
     write_sweep(tmp_path, data=TINY, budget={"n_trials": 1})
     outcome = sweep_in_process(tmp_path)
@@ -170,6 +171,8 @@ def test_a_configuration_identical_to_the_baseline_is_not_distinguishable(tmp_pa
     assert twin_row.against_baseline is not None and twin_row.against_baseline.verdict == SAME
 
 
+@pytest.mark.slow  # chaos tier (a kill, a resume; ~1.5 min of CPU): `make test-slow`, run by CI
+@pytest.mark.integration
 def test_confirm_finds_a_real_gain_resumes_after_a_kill_and_repeats_nothing(tmp_path: Path) -> None:
     write_sweep(
         tmp_path,

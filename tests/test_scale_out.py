@@ -154,6 +154,7 @@ def test_a_killed_worker_s_trial_is_retried_with_the_same_params_and_resumes(tmp
     assert_nothing_left_running(study, backend.tracking, "killed")
 
 
+@pytest.mark.slow  # chaos tier: `make test-slow`, run by CI after `make test`
 def test_a_kill_during_a_checkpoint_write_resumes_from_the_previous_one(tmp_path: Path, backend: Backend) -> None:
     write_sweep(
         tmp_path,
@@ -176,6 +177,7 @@ def test_a_kill_during_a_checkpoint_write_resumes_from_the_previous_one(tmp_path
     assert_nothing_left_running(study, backend.tracking, "torn")
 
 
+@pytest.mark.slow  # chaos tier: `make test-slow`, run by CI after `make test`
 def test_sigterm_checkpoints_ends_the_run_killed_exits_143_and_the_retry_resumes(
     tmp_path: Path, backend: Backend
 ) -> None:
@@ -248,6 +250,7 @@ def test_a_storage_password_appears_nowhere(tmp_path: Path, postgres_url: str, m
     assert "***" in next(run for run in runs if run.data.tags.get("ftlab.role") == "sweep").data.tags["optuna.storage"]
 
 
+@pytest.mark.slow  # chaos tier: `make test-slow`, run by CI after `make test`
 def test_workers_survive_dropped_database_connections(tmp_path: Path, postgres_url: str, mlflow_server) -> None:
     import sqlalchemy
 
@@ -282,6 +285,7 @@ def test_workers_survive_dropped_database_connections(tmp_path: Path, postgres_u
     assert not [trial for trial in study.trials if trial.state.name == "RUNNING"]
 
 
+@pytest.mark.slow  # chaos tier: `make test-slow`, run by CI after `make test`
 def test_mlflow_server_outage_mid_trial_loses_no_metric(tmp_path: Path, postgres_url: str, mlflow_server) -> None:
     write_sweep(
         tmp_path,
