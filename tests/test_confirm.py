@@ -173,7 +173,7 @@ def test_a_configuration_identical_to_the_baseline_is_not_distinguishable(tmp_pa
 
 @pytest.mark.slow  # chaos tier (a kill, a resume; ~1.5 min of CPU): `make test-slow`, run by CI
 @pytest.mark.integration
-def test_confirm_finds_a_real_gain_resumes_after_a_kill_and_repeats_nothing(tmp_path: Path) -> None:
+def test_confirm_finds_a_real_gain_a_worker_finishes_it_after_a_kill_and_nothing_repeats(tmp_path: Path) -> None:
     write_sweep(
         tmp_path,
         data=TINY,
@@ -202,12 +202,19 @@ def test_confirm_finds_a_real_gain_resumes_after_a_kill_and_repeats_nothing(tmp_
     done_before = _complete(storage, study_name)
     time.sleep(4)  # past the grace period: the killed run is stale and will be reaped and retried
 
-    resumed = confirm_in_process(tmp_path, top=1, seeds=3)
+    # A worker from another machine finishes the plan (the killed run reaped and retried); then `confirm` again.
+    tracking = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    worker = run_ftlab("worker", "sweep.yaml", "--confirm", "--storage", storage, "--tracking-uri", tracking,
+                       cwd=tmp_path)  # fmt: skip
     study = optuna.load_study(study_name=study_name, storage=storage)
+    resumed = confirm_in_process(tmp_path, top=1, seeds=3)
     again = confirm_in_process(tmp_path, top=1, seeds=3)
 
+    assert worker.returncode == 0, worker.stdout + worker.stderr
+    assert BETTER in worker.stdout
     assert resumed is not None and resumed.winner is not None
     assert resumed.winner.against_baseline is not None and resumed.winner.against_baseline.verdict == BETTER
+    assert len(optuna.load_study(study_name=study_name, storage=storage).trials) == len(study.trials)
     complete = [trial for trial in study.trials if trial.state == TrialState.COMPLETE]
     keys = [(trial.user_attrs[CONFIRMS_ATTR], trial.user_attrs[SEED_ATTR]) for trial in complete]
     assert sorted(keys) == sorted({(number, seed) for number in (0, 1) for seed in (8, 9, 10)})  # each once
