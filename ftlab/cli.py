@@ -534,7 +534,7 @@ def ui(
     from ftlab.sweep.study import storage_url_for
     from ftlab.tracking import experiment_name, redact_url, runs_page
 
-    sweep_config = load_sweep(file) if file else None
+    sweep_config = load_sweep(file, resolve_demo=False) if file else None
     uri = tracking_uri_for(sweep_config, tracking_uri) if sweep_config else tracking_uri or paths.default_tracking_uri()
     database = paths.sqlite_file(uri)
     if database is not None and not database.is_file():  # mlflow ui would create an empty store: say what is missing
@@ -554,6 +554,7 @@ def ui(
             f"optuna-dashboard {redact_url(study_storage)}",
             highlight=False,
             soft_wrap=True,
+            markup=False,  # `[dashboard]` is text, not rich markup
         )
     if uri.startswith(("http://", "https://")):
         console.print(f"The tracking server already serves the UI: {redact_url(uri)}", highlight=False)

@@ -400,8 +400,9 @@ def parse_sweep(data: Any, source: str = "<sweep>") -> SweepConfig:
     return config
 
 
-def load_sweep(path: str | Path) -> SweepConfig:
-    """Read and validate a sweep file, and turn its ``demo://`` names into local paths (building the demo once).
+def load_sweep(path: str | Path, *, resolve_demo: bool = True) -> SweepConfig:
+    """Read and validate a sweep file, and turn its ``demo://`` names into local paths (building the demo once;
+    ``resolve_demo=False`` leaves them, for commands that never touch the model or data, such as ``ftlab ui``).
 
     Raises:
         ConfigError: the file is missing, is not YAML, or does not match the schema (all problems listed).
@@ -416,4 +417,5 @@ def load_sweep(path: str | Path) -> SweepConfig:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise ConfigError.single(f"not valid YAML: {error}", where=str(path), fix="fix the YAML syntax") from None
-    return resolve_demo_uris(parse_sweep(data, str(path)), source=str(path))
+    sweep = parse_sweep(data, str(path))
+    return resolve_demo_uris(sweep, source=str(path)) if resolve_demo else sweep
