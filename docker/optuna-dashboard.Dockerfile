@@ -5,6 +5,6 @@ FROM python:3.11-slim
 
 ARG OPTUNA_SPEC="optuna==5.*"
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1
-RUN pip install "${OPTUNA_SPEC}" "optuna-dashboard==0.21.*" "psycopg[binary]==3.2.*"
+RUN pip install "${OPTUNA_SPEC}" "optuna-dashboard==0.21.*" "psycopg[binary]==3.2.*" "grpcio==1.*"
 
 EXPOSE 8080

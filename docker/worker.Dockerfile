@@ -17,7 +17,7 @@ COPY pyproject.toml README.md ./
 COPY ftlab ./ftlab
 COPY sweeps ./sweeps
 RUN python -c "import torch; print(f'torch=={torch.__version__}')" > /tmp/keep-torch.txt \
-    && pip install --constraint /tmp/keep-torch.txt -e . \
+    && pip install --constraint /tmp/keep-torch.txt -e '.[grpc]' \
     && ftlab --help > /dev/null
 
 CMD ["ftlab", "--help"]

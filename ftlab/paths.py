@@ -61,6 +61,29 @@ def sqlite_file(url: str) -> Path | None:
     return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
 
 
+def journal_file(url: str) -> Path | None:
+    """The log file of a ``journal:///`` URL (Optuna's JournalStorage on a shared filesystem), None for any other URL.
+
+    Slashes as in ``sqlite:///``: ``journal:///study.log`` is relative to the current folder, ``journal:////nfs/
+    study.log`` absolute.
+    """
+    return Path(url.removeprefix("journal:///")) if url.startswith("journal:///") else None
+
+
+def grpc_address(url: str) -> tuple[str, int] | None:
+    """``(host, port)`` of a ``grpc://HOST:PORT`` URL (Optuna's gRPC storage proxy), None for any other URL.
+
+    Raises:
+        ValueError: a ``grpc://`` URL without a numeric port.
+    """
+    if not url.startswith("grpc://"):
+        return None
+    host, _, port = url.removeprefix("grpc://").rstrip("/").rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"a gRPC storage URL is grpc://HOST:PORT, but got {url!r}")
+    return host, int(port)
+
+
 def local_artifact_root(tracking_uri: str) -> str | None:
     """For a local SQLite tracking store, artifacts go beside it; a tracking server decides for itself."""
     database = sqlite_file(tracking_uri)

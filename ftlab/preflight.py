@@ -144,6 +144,12 @@ def storage_problems(url: str, where: str) -> list[Problem]:
     """Whether the Optuna storage at ``url`` can be opened now."""
     if (database := paths.sqlite_file(url)) is not None:
         return _writable_problems(database, where)
+    if paths.journal_file(url) is not None or url.startswith("grpc://"):
+        from ftlab.sweep.study import storage_problem  # Optuna's proxy client and journal: imported only here
+
+        problem = storage_problem(url)
+        fix = "start the proxy (docs/scale-out.md, section 9), or give a journal path every worker can write"
+        return [] if problem is None else [Problem(problem, where, redact_url(url), fix)]
     connect_args = {"connect_timeout": CONNECT_TIMEOUT_S} if url.startswith("postgresql") else {}
     try:
         engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.NullPool, connect_args=connect_args)

@@ -142,3 +142,9 @@ def test_the_plain_postgresql_url_users_write_works_and_psycopg2_still_does() ->
         # A database that does not exist is a storage that never answered, said at once.
         (missing,) = preflight.storage_problems(f"postgresql://{server}/no_such_database", "--storage")
         assert 'database "no_such_database" does not exist' in str(missing)
+
+
+def test_the_journal_and_grpc_proxy_forms_of_storage_are_checked_not_refused(tmp_path: Path) -> None:
+    assert preflight.storage_problems(f"journal:///{tmp_path / 'shared' / 'study.journal'}", "--storage") == []
+    problems = preflight.storage_problems("grpc://127.0.0.1:9", "--storage")
+    assert len(problems) == 1 and "no gRPC storage proxy answers at 127.0.0.1:9" in str(problems[0])

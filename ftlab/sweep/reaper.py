@@ -7,6 +7,7 @@ callback below for each trial it failed.
 from __future__ import annotations
 
 import logging
+import time
 from datetime import datetime, timedelta
 
 import optuna
@@ -88,7 +89,23 @@ def fail_orphaned_trials(study: optuna.Study) -> list[int]:
     return failed
 
 
+# (storage object, study id) → when this process last reaped it (time.monotonic()).
+_last_reaped: dict[tuple[int, int], float] = {}
+
+
 def reap(study: optuna.Study) -> None:
-    """Fail (and retry) every trial whose heartbeat is older than the grace period; fail trials that never beat."""
+    """Fail (and retry) every trial whose heartbeat is older than the grace period; fail trials that never beat.
+
+    At most once per heartbeat interval in a process: a trial turns stale on that timescale, yet every worker calls
+    this under the study lock each time it looks for work (twice a second while it waits for running trials), and
+    its two queries lengthened every other worker's wait for the lock. A dead worker's trial is still found within
+    the grace period plus one interval.
+    """
+    interval = compat.heartbeat_interval_of(study)
+    key = (id(compat.storage_of(study)), compat.study_id_of(study))
+    now = time.monotonic()
+    if interval is not None and key in _last_reaped and now - _last_reaped[key] < interval:
+        return
+    _last_reaped[key] = now
     fail_orphaned_trials(study)
     optuna.storages.fail_stale_trials(study)

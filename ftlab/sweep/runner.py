@@ -303,16 +303,14 @@ class SweepRunner:
         )
 
     def _run_one(self, trial_id: int, worker: int) -> None:
-        trial, overrides, is_baseline, retry_of = retry_on_connection_loss(lambda: self._prepare(trial_id))
+        try:
+            trial, overrides, is_baseline, retry_of = retry_on_connection_loss(lambda: self._prepare(trial_id))
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return  # reaped while this worker was paused (SIGSTOP, a frozen VM): failed and retried elsewhere
         tags = runs.trial_run_tags(self.sweep, self.sweep_file, trial, is_baseline, retry_of)
-        run = TrackedRun.start(
-            self.tracking_uri,
-            self.experiment,
-            run_name=runs.trial_run_name(trial, is_baseline),
-            parent_run_id=self.parent_run_id,
-            tags=tags,
-        )
-        retry_on_connection_loss(lambda: trial.set_user_attr(RUN_ID_ATTR, run.run_id))
+        run = self._start_run(trial, is_baseline, tags)
+        if run is None:
+            return
         job = self._job(trial, overrides, run.run_id, retry_of, worker)
         process = TrialProcess(self._context, job, lambda: self._beat(trial_id), self.sweep.storage.heartbeat_interval)
         with self._lock:
@@ -335,6 +333,25 @@ class SweepRunner:
                 self._processes.discard(process)
         self.on_event(TrialEvent(record.state, trial.number, trial.params, is_baseline, record, worker))
 
+    def _start_run(self, trial: optuna.Trial, is_baseline: bool, tags: dict[str, str]) -> TrackedRun | None:
+        """The trial's MLflow run, linked from the trial; None when the trial was reaped meanwhile (this worker was
+        paused past the grace period), with the run ended KILLED: no run is left RUNNING without a trial."""
+        run = TrackedRun.start(
+            self.tracking_uri,
+            self.experiment,
+            run_name=runs.trial_run_name(trial, is_baseline),
+            parent_run_id=self.parent_run_id,
+            tags=tags,
+        )
+        try:
+            retry_on_connection_loss(lambda: trial.set_user_attr(RUN_ID_ATTR, run.run_id))
+        except BaseException as error:
+            run.end("KILLED", reason=f"its trial could not be started: {error}")
+            if isinstance(error, optuna.exceptions.UpdateFinishedTrialError):
+                return None
+            raise
+        return run
+
     def _show(self, run: TrackedRun, record: TrialRecord, description: str) -> None:
         """What the trial came to, on its run; a new best, on the parent run (workers agree under the lock)."""
         try:
@@ -342,8 +359,12 @@ class SweepRunner:
         except Exception as error:  # the tracking server is down: the trial itself is stored, in the study and its run
             logger.warning("could not describe trial %s's run in MLflow: %s", record.number, error)
         if record.state == "COMPLETE":
-            with self.study_lock.held():
-                runs.show_best(self.study, self.sweep, self.tracking_uri, self.parent_run_id)
+
+            def show_best() -> None:
+                with self.study_lock.held():
+                    runs.show_best(self.study, self.sweep, self.tracking_uri, self.parent_run_id)
+
+            retry_on_connection_loss(show_best)  # it reads the study: a database restart must not end the worker
 
     def _beat(self, trial_id: int) -> None:
         try:

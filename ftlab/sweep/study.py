@@ -5,8 +5,13 @@ and telling it their outcome.
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
+import random
+import time
+import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,7 +20,10 @@ import optuna
 import sqlalchemy
 import sqlalchemy.exc
 from filelock import FileLock
-from optuna.storages import RDBStorage
+from optuna.exceptions import DuplicatedStudyError
+from optuna.storages import BaseStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from ftlab import paths
@@ -25,10 +33,15 @@ from ftlab.sweep import compat
 from ftlab.sweep.record import BASELINE_ATTR, SWEEP_ATTR, SWEEP_CHANGES_ATTR, TrialRecord
 from ftlab.tracking import flatten
 
+logger = logging.getLogger(__name__)
+
 StaleTrialCallback = Callable[[optuna.Study, FrozenTrial], None]
 
 # SQLite serialises writers; with several trial processes reporting at once, wait for the lock instead of failing.
 _SQLITE_LOCK_TIMEOUT_S = 120
+# The study lock behind a gRPC proxy (see _StorageMutex): a holder that died is presumed dead after this long. Longer
+# than any section the lock guards may take, including an MLflow call under it during a tracking-server outage.
+_STORAGE_MUTEX_LEASE_S = 120.0
 
 
 def storage_url_for(sweep: SweepConfig, override: str | None = None) -> str:
@@ -38,16 +51,34 @@ def storage_url_for(sweep: SweepConfig, override: str | None = None) -> str:
 
 def open_storage(
     url: str, config: StorageConfig | None = None, on_stale_trial: StaleTrialCallback | None = None
-) -> RDBStorage:
-    """An RDB storage that survives contention (SQLite lock waits) and dropped connections (pre-ping).
+) -> BaseStorage:
+    """The study storage at ``url``: an SQLAlchemy URL (``sqlite:///``, ``postgresql://``), Optuna's gRPC storage
+    proxy (``grpc://HOST:PORT``), or Optuna's JournalStorage on a file (``journal:///PATH``).
 
-    With ``config``, running trials send heartbeats and a trial silent for ``grace_period`` seconds is failed by
-    whichever worker looks next (``fail_stale_trials``), which then calls ``on_stale_trial``.
+    An RDB storage survives contention (SQLite lock waits) and dropped connections (pre-ping). With ``config``,
+    running trials send heartbeats and a trial silent for ``grace_period`` seconds is failed by whichever worker looks
+    next (``fail_stale_trials``), which then calls ``on_stale_trial``. The gRPC and journal storages keep no
+    heartbeats of their own; ftlab's go into a trial system attribute there (:class:`compat.SystemAttrHeartbeat`).
     """
+    storage = _optuna_storage(url)
+    if storage is not None:
+        if config is not None:
+            storage.configure_heartbeat(config.heartbeat_interval, config.grace_period, on_stale_trial)
+        return storage
     engine_kwargs: dict[str, object] = {"pool_pre_ping": True}
     if (database := paths.sqlite_file(url)) is not None:
         database.parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs["connect_args"] = {"timeout": _SQLITE_LOCK_TIMEOUT_S}
+    elif config is not None:
+        # A worker's study: one connection kept for the worker's lifetime. SQLAlchemy's default pool keeps up to 5
+        # idle, and a worker's threads fill it once (benchmarks/scale_out.py: 6 connections a worker before this),
+        # which a database's max_connections (100 by default) runs out of at about 16 workers.
+        engine_kwargs["pool_size"] = 1
+    else:
+        # Everyone else uses the study for a few operations: a trial process (load it, one report per evaluation,
+        # while it trains for minutes), `ftlab status`, the preflight's schema check. None of them should hold an
+        # idle connection while it trains or after it is done; a connection per operation costs milliseconds.
+        engine_kwargs["poolclass"] = sqlalchemy.NullPool
     heartbeat: dict[str, Any] = {}
     if config is not None:
         heartbeat = {
@@ -58,26 +89,121 @@ def open_storage(
     return RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
 
 
+def _optuna_storage(url: str) -> compat.SystemAttrHeartbeat | None:
+    """The gRPC proxy client or the journal storage for their URLs; None for an SQLAlchemy URL."""
+    if (journal := paths.journal_file(url)) is not None:
+        journal.parent.mkdir(parents=True, exist_ok=True)
+        return compat.HeartbeatJournalStorage(JournalFileBackend(str(journal)))
+    if (address := paths.grpc_address(url)) is not None:
+        try:
+            import grpc  # noqa: F401  (Optuna's proxy client needs it; it is not one of ftlab's own dependencies)
+        except ImportError:
+            raise ConfigError.single(
+                "a grpc:// storage needs the grpcio package", where="--storage", value=url, fix="pip install grpcio"
+            ) from None
+        with warnings.catch_warnings():  # "experimental": chosen knowingly, and docs/scale-out.md says so
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return compat.HeartbeatGrpcStorageProxy(host=address[0], port=address[1])
+    return None
+
+
+def storage_problem(url: str, timeout_s: float = 5) -> str | None:
+    """Why the gRPC proxy or journal file at ``url`` cannot be used now, or None when it can (and for other URLs,
+    which :mod:`ftlab.preflight` checks itself)."""
+    if (journal := paths.journal_file(url)) is not None:
+        folder = journal.resolve().parent
+        while not folder.exists():
+            folder = folder.parent
+        return None if os.access(folder, os.W_OK) else f"cannot write the journal file's folder {folder}"
+    try:
+        address = paths.grpc_address(url)
+    except ValueError as error:
+        return str(error)
+    if address is None:
+        return None
+    try:
+        proxy = open_storage(url)
+        assert isinstance(proxy, compat.HeartbeatGrpcStorageProxy)
+        proxy.wait_server_ready(timeout=timeout_s)
+        proxy.close()
+    except (ConnectionError, ConfigError) as error:
+        return f"no gRPC storage proxy answers at {address[0]}:{address[1]} within {timeout_s:.0f} s ({error})"
+    return None
+
+
+class _StorageMutex:
+    """A lock made of a study that exists while the lock is held, for storages that offer no lock of their own (the
+    gRPC proxy): creating a study whose name is taken fails (``DuplicatedStudyError``), atomically, in the database
+    behind the proxy, so exactly one worker holds it.
+
+    A holder that died leaves its lock study behind: a waiter that has seen the same one for ``lease_s`` seconds
+    deletes it by id. Ids are never reused, so two waiters breaking the same dead lock cannot delete a newer one.
+    """
+
+    def __init__(self, storage: BaseStorage, name: str, lease_s: float = _STORAGE_MUTEX_LEASE_S) -> None:
+        self._storage = storage
+        self._name = name
+        self._lease_s = lease_s
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        lock_id = self._acquire()
+        try:
+            yield
+        finally:
+            with suppress(KeyError):  # broken by a waiter that took this holder for dead
+                self._storage.delete_study(lock_id)
+
+    def _acquire(self) -> int:
+        first_seen: dict[int, float] = {}
+        while True:
+            with suppress(DuplicatedStudyError):
+                return self._storage.create_new_study([StudyDirection.MINIMIZE], self._name)
+            try:
+                holder = self._storage.get_study_id_from_name(self._name)
+            except KeyError:
+                continue  # released in between
+            if time.monotonic() - first_seen.setdefault(holder, time.monotonic()) > self._lease_s:
+                logger.warning(
+                    "study lock %r held for over %.0f s: taking its holder for dead", self._name, self._lease_s
+                )
+                with suppress(KeyError):
+                    self._storage.delete_study(holder)
+                continue
+            time.sleep(random.uniform(0.01, 0.05))  # jittered: waiters do not retry in lockstep
+
+
 class StudyLock:
     """Serialises "check the budget, then ask for a trial" across every worker process of a study.
 
-    PostgreSQL: a session advisory lock keyed by the study name. SQLite: a lock file beside the database. Without it,
-    two workers could both see one trial left in the budget and both start one.
+    PostgreSQL: a session advisory lock keyed by the study name. SQLite: a lock file beside the database. A journal
+    file: a lock file beside it. A gRPC proxy: a lock study in the storage behind it (:class:`_StorageMutex`).
+    Without it, two workers could both see one trial left in the budget and both start one.
     """
 
     def __init__(self, storage_url: str, study_name: str) -> None:
         self._file_lock: FileLock | None = None
         self._engine: sqlalchemy.Engine | None = None
+        self._mutex: _StorageMutex | None = None
         self._key = int.from_bytes(hashlib.sha256(study_name.encode()).digest()[:8], "big", signed=True)
         if (database := paths.sqlite_file(storage_url)) is not None:
             self._file_lock = FileLock(f"{database}.lock")
+        elif (journal := paths.journal_file(storage_url)) is not None:
+            # Not `{journal}.lock`: Optuna's own lock for writing the journal is a symlink of that name.
+            self._file_lock = FileLock(f"{journal}.ftlab.lock")
         elif storage_url.startswith("postgresql"):
             self._engine = sqlalchemy.create_engine(storage_url, pool_pre_ping=True, poolclass=sqlalchemy.NullPool)
+        elif paths.grpc_address(storage_url) is not None:
+            self._mutex = _StorageMutex(open_storage(storage_url), f"ftlab.lock:{study_name}")
 
     @contextmanager
     def held(self) -> Iterator[None]:
         if self._file_lock is not None:
             with self._file_lock:
+                yield
+            return
+        if self._mutex is not None:
+            with self._mutex.held():
                 yield
             return
         if self._engine is None:
@@ -159,7 +285,7 @@ def build_pruner(sweep: SweepConfig) -> optuna.pruners.BasePruner:
 # --- opening the study -----------------------------------------------------------------------------------------------
 
 
-def _existing_trials(storage: RDBStorage, name: str) -> int:
+def _existing_trials(storage: BaseStorage, name: str) -> int:
     try:
         return len(storage.get_all_trials(storage.get_study_id_from_name(name), deepcopy=False))
     except KeyError:
@@ -250,10 +376,10 @@ def load_study(sweep: SweepConfig, storage_url: str) -> optuna.Study:
     """An existing study, for reading (status, report, best).
 
     Raises:
-        KeyError: no study of that name in the storage (also when a local SQLite file does not exist: it is not
-            created, so a command that only reads leaves nothing behind).
+        KeyError: no study of that name in the storage (also when a local SQLite or journal file does not exist: it
+            is not created, so a command that only reads leaves nothing behind).
     """
-    database = paths.sqlite_file(storage_url)
+    database = paths.sqlite_file(storage_url) or paths.journal_file(storage_url)
     if database is not None and not database.is_file():
         raise KeyError(sweep.name)
     return optuna.load_study(study_name=sweep.name, storage=open_storage(storage_url), pruner=build_pruner(sweep))

@@ -29,7 +29,7 @@ from ftlab.settings import resolve_train_config
 from ftlab.sweep import compat
 from ftlab.sweep.process import TrialJob
 from ftlab.sweep.record import TrialRecord
-from ftlab.sweep.resilience import retry_on_connection_loss
+from ftlab.sweep.resilience import is_connection_loss, retry_on_connection_loss
 from ftlab.sweep.study import build_pruner, open_storage
 from ftlab.tracking import TrackedRun, param_value
 from ftlab.training.callbacks import TrainingCallback, TrainPlan
@@ -130,6 +130,8 @@ def record_for(error: BaseException) -> TrialRecord:
         return TrialRecord("FAIL", "stopped by Ctrl-C", retry=True)  # resumed with the sweep
     if isinstance(error, TrialReapedError):
         return TrialRecord("FAIL", str(error))  # told already, and retried, by the worker that reaped it
+    if is_connection_loss(error):  # the database went away (a restart), not the trial: one retry, which resumes
+        return TrialRecord("FAIL", f"lost the database connection: {error}", retry=True)
     if isinstance(error, EXPECTED_FAILURES):
         return TrialRecord("FAIL", str(error))
     return TrialRecord("FAIL", f"{type(error).__name__}: {error}")
@@ -234,7 +236,7 @@ def _train(job: TrialJob, run: TrackedRun, stop_requested: threading.Event) -> T
         stop_requested=stop_requested,
         nested=True,
     )
-    if compat.storage_of(study).get_trial(job.trial_id).state.is_finished():
+    if retry_on_connection_loss(lambda: compat.storage_of(study).get_trial(job.trial_id)).state.is_finished():
         raise TrialReapedError
     record.values = objective_values(sweep, record)
     # Only finished trials have these: a column where a pruned trial's early eval/loss cannot pass for a final one.
