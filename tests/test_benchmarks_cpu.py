@@ -78,6 +78,7 @@ def test_trial_cpu_quick_measures_every_figure(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # a benchmark smoke run: `make test-slow`, run by CI
 def test_sweep_efficiency_dry_run_writes_an_unpruned_copy(tmp_path: Path) -> None:
     result = run_benchmark("sweep_efficiency", "--dry-run", "--work-dir", str(tmp_path), timeout=120)
 

@@ -140,6 +140,7 @@ def test_a_storage_url_that_cannot_work_is_named(tmp_path: Path) -> None:
     assert "no gRPC storage proxy answers" in (storage_problem("grpc://127.0.0.1:9", timeout_s=1) or "")
 
 
+@pytest.mark.slow  # a restart: the chaos tier (`make test-slow`, run by CI)
 def test_a_restarted_grpc_proxy_is_waited_for(postgres_url: str, tmp_path: Path) -> None:
     pytest.importorskip("grpc", reason="the gRPC storage proxy needs grpcio")
     from benchmarks.scale_out import grpc_proxy
@@ -195,6 +196,8 @@ TINY_DATA = {**SMALL_SWEEP["data"], "max_train_blocks": 32}
 
 
 @pytest.mark.integration
+# Through the proxy in the chaos tier (`make test-slow`, run by CI): `make test` keeps to 8 minutes.
+@pytest.mark.parametrize("new_storage", ["journal", pytest.param("grpc", marks=pytest.mark.slow)], indirect=True)
 def test_workers_meet_the_budget_exactly(tmp_path: Path, new_storage: str) -> None:
     write_sweep(tmp_path, name="budget", data=TINY_DATA, budget={"n_trials": 3})
     workers = [start_worker(tmp_path, new_storage) for _ in range(2)]
