@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 import yaml
@@ -25,6 +25,9 @@ from rich.table import Table
 
 from ftlab.console import quiet_libraries
 from ftlab.errors import UserError
+
+if TYPE_CHECKING:
+    from ftlab.sweep.confirm import Confirmation
 
 app = typer.Typer(
     help="Hyperparameter sweeps for causal-LM fine-tuning around a documented baseline, tracked in MLflow.",
@@ -366,8 +369,8 @@ def confirm(
     _print_confirmation(found)
 
 
-def _print_confirmation(found: Any) -> None:
-    """The confirmation table and its verdict (``found``: a :class:`ftlab.sweep.confirm.Confirmation` or None)."""
+def _print_confirmation(found: Confirmation | None) -> None:
+    """The confirmation table and its verdict."""
     if found is None:
         console.print("no confirmation run has completed yet")
         return
