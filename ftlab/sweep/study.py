@@ -96,10 +96,13 @@ def _optuna_storage(url: str) -> compat.SystemAttrHeartbeat | None:
         return compat.HeartbeatJournalStorage(JournalFileBackend(str(journal)))
     if (address := paths.grpc_address(url)) is not None:
         try:
-            import grpc  # noqa: F401  (Optuna's proxy client needs it; it is not one of ftlab's own dependencies)
+            import grpc  # noqa: F401  (Optuna's proxy client needs it: the extra ftlab[grpc])
         except ImportError:
             raise ConfigError.single(
-                "a grpc:// storage needs the grpcio package", where="--storage", value=url, fix="pip install grpcio"
+                "a grpc:// storage needs the grpcio package",
+                where="--storage",
+                value=url,
+                fix="pip install 'ftlab[grpc]' (or grpcio)",
             ) from None
         with warnings.catch_warnings():  # "experimental": chosen knowingly, and docs/scale-out.md says so
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
