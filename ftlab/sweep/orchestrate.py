@@ -109,10 +109,13 @@ def run_study(
     parent_run_name: str | None = None,
     prepare: Callable[[optuna.Study], None] | None = None,
     report: Callable[[optuna.Study, str, str], None] | None = None,
+    headline: Callable[[optuna.Study], str] | None = None,
 ) -> SweepOutcome:
     """Check that the study can start, open it, call ``prepare(study)`` under the study lock (a plan enqueues its
     trials there), run trials until ``budget`` is spent, write the report (``report(study, tracking_uri,
-    parent_run_id)``; the sweep's by default) and end the parent run. See :func:`run_sweep` for what it raises."""
+    parent_run_id)``; the sweep's by default) and end the parent run. ``headline(study)`` sums the study up in the
+    view after each COMPLETE trial (the best against the baseline by default). See :func:`run_sweep` for what it
+    raises."""
     if workers < 1:
         raise UserError.single(
             "need at least one worker", where="--workers", value=workers, fix="pass --workers 1 or more"
@@ -129,7 +132,7 @@ def run_study(
                 prepare(runner.study)
 
         retry_on_connection_loss(prepared)
-    view = SweepView(runner, console or Console(), sweep.objectives[0].metric, live=live)
+    view = SweepView(runner, console or Console(), sweep.objectives[0].metric, live=live, headline=headline)
     runner.on_event = view.on_event
     status, reason = "FINISHED", None
     report_dir = paths.report_dir(sweep.name)
@@ -206,8 +209,14 @@ def run_confirm(
         confirm, sweep_file, Budget(fixed=True), workers=workers, storage_url=storage_url, tracking_uri=tracking_uri,
         console=console, live=live, seed_salt=seed_salt, parent_run_name=PARENT_RUN_NAME,
         prepare=None if join_only else lambda study: enqueue_plan(study, plan, seed_list), report=report,
+        headline=lambda study: _verdict_so_far(study, metric),
     )  # fmt: skip
     return retry_on_connection_loss(lambda: confirmation(outcome.study, metric))
+
+
+def _verdict_so_far(study: optuna.Study, metric: str) -> str:
+    found = confirmation(study, metric)
+    return f"so far: {found.sentence()}" if found else "no baseline run has completed yet"
 
 
 def check_before_trials(

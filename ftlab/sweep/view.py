@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
+import optuna
 from rich.console import Console, Group
 from rich.live import Live
 from rich.progress_bar import ProgressBar
@@ -26,17 +28,30 @@ def _short(params: dict[str, Any]) -> str:
 class SweepView:
     """Receives the runner's events and shows them, live or line by line."""
 
-    def __init__(self, runner: SweepRunner, console: Console, metric: str, live: bool | None = None) -> None:
+    def __init__(
+        self,
+        runner: SweepRunner,
+        console: Console,
+        metric: str,
+        live: bool | None = None,
+        headline: Callable[[optuna.Study], str] | None = None,
+    ) -> None:
+        """``headline(study)``: the line that sums the study up after each COMPLETE trial; the best against the
+        baseline by default (a confirmation shows its verdict so far instead)."""
         self.runner = runner
         self.console = console
         self.metric = metric
         self.live = console.is_terminal if live is None else live
+        self._headline = headline or self._best_against_baseline
         self._lock = threading.Lock()
         self._counts = retry_on_connection_loss(lambda: state_counts(runner.study))
         self._best_line = self._comparison_line()
 
     def _comparison_line(self) -> str:
-        comparison = retry_on_connection_loss(lambda: compare(self.runner.study, self.metric))
+        return retry_on_connection_loss(lambda: self._headline(self.runner.study))
+
+    def _best_against_baseline(self, study: optuna.Study) -> str:
+        comparison = compare(study, self.metric)
         return comparison.sentence() if comparison else "no completed trial yet"
 
     def on_event(self, event: TrialEvent) -> None:
