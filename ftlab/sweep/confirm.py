@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -208,8 +208,8 @@ class Confirmation:
                     "baseline": row.candidate.baseline,
                     "params": row.candidate.params,
                     "values": row.values,
-                    "summary": row.summary.__dict__,
-                    "against_baseline": None if row.against_baseline is None else row.against_baseline.__dict__,
+                    "summary": asdict(row.summary),
+                    "against_baseline": None if row.against_baseline is None else asdict(row.against_baseline),
                 }
                 for row in self.rows
             ],

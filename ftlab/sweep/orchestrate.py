@@ -108,14 +108,14 @@ def run_study(
     accept_changes: bool = False,
     parent_run_name: str | None = None,
     prepare: Callable[[optuna.Study], None] | None = None,
-    report: Callable[[optuna.Study, str, str], None] | None = None,
+    report: Callable[[optuna.Study, str, str, Path], object] | None = None,
     headline: Callable[[optuna.Study], str] | None = None,
 ) -> SweepOutcome:
     """Check that the study can start, open it, call ``prepare(study)`` under the study lock (a plan enqueues its
     trials there), run trials until ``budget`` is spent, write the report (``report(study, tracking_uri,
-    parent_run_id)``; the sweep's by default) and end the parent run. ``headline(study)`` sums the study up in the
-    view after each COMPLETE trial (the best against the baseline by default). See :func:`run_sweep` for what it
-    raises."""
+    parent_run_id, report_dir)``; the sweep's plots by default) and end the parent run. ``headline(study)`` sums the
+    study up in the view after each COMPLETE trial (the best against the baseline by default). See
+    :func:`run_sweep` for what it raises."""
     if workers < 1:
         raise UserError.single(
             "need at least one worker", where="--workers", value=workers, fix="pass --workers 1 or more"
@@ -136,6 +136,7 @@ def run_study(
     runner.on_event = view.on_event
     status, reason = "FINISHED", None
     report_dir = paths.report_dir(sweep.name)
+    write_report = report or (lambda study, uri, run_id, out_dir: log_report(study, sweep, uri, run_id, out_dir))
     try:
         with view.context():
             runner.run(budget, timeout)
@@ -149,12 +150,7 @@ def run_study(
         if runner.parent_run_id:
             # A preempted worker has seconds left: whoever runs next writes the report.
             if not runner.preempted and retry_on_connection_loss(lambda: _report_is_due(runner)):
-                if report is None:
-                    retry_on_connection_loss(
-                        lambda: log_report(runner.study, sweep, uri, runner.parent_run_id, report_dir)
-                    )
-                else:
-                    retry_on_connection_loss(lambda: report(runner.study, uri, runner.parent_run_id))
+                retry_on_connection_loss(lambda: write_report(runner.study, uri, runner.parent_run_id, report_dir))
             runner.finish(status, reason)
     comparison = retry_on_connection_loss(lambda: compare(runner.study, sweep.objectives[0].metric))
     experiment = MlflowClient(tracking_uri=uri).get_run(runner.parent_run_id).info.experiment_id
@@ -198,10 +194,9 @@ def run_confirm(
     confirm = confirm_config(sweep)
     metric = sweep.objectives[0].metric
 
-    def report(study: optuna.Study, uri: str, parent_run_id: str) -> None:
+    def report(study: optuna.Study, uri: str, parent_run_id: str, out_dir: Path) -> None:
         found = confirmation(study, metric)
         if found is not None:
-            out_dir = paths.report_dir(confirm.name)
             write_confirmation_report(found, out_dir)
             MlflowClient(tracking_uri=uri).log_artifacts(parent_run_id, str(out_dir), "confirm")
 

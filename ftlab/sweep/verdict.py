@@ -12,8 +12,8 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from scipy import stats
@@ -88,7 +88,3 @@ def _verdict(low: float, high: float, direction: Direction) -> str:
     if (low > 0) if better_below else (high < 0):
         return WORSE
     return SAME
-
-
-def as_json(item: Summary | Difference) -> dict[str, Any]:
-    return asdict(item)
