@@ -15,7 +15,8 @@ of ``tests/services.py``, reused). ``pg_restart`` restarts the whole server with
 restart``: give it a cluster of its own (``pg_createcluster 15 bench --port 5433 --start -- --auth-host=trust``), not
 one that other work uses.
 
-Checked for every case, as a list of failed checks (empty when all hold): every worker exited 0; the study has exactly
+Checked for every case, as a list of failed checks (empty when all hold): every worker exited 0 (one that chaos set
+up to fail, the full-disk worker: with exit 1 and its log naming the fault); the study has exactly
 T COMPLETE trials; no trial is RUNNING or WAITING; no MLflow run is RUNNING; no parameter point ran twice unless the
 later one is a recorded retry (Optuna's ``failed_trial`` system attribute); one child run per trial, and none
 without a trial.
@@ -48,6 +49,7 @@ import functools
 import json
 import os
 import random
+import shutil
 import signal
 import statistics
 import subprocess
@@ -120,14 +122,15 @@ def _install_lock_probe() -> None:
 
     @contextlib.contextmanager
     def held(self: Any) -> Iterator[None]:
+        prefix = "" if self.purpose == "study" else f"{self.purpose}_"  # the study lock, or the best trial's
         started = time.perf_counter()
         with original(self):
             acquired = time.perf_counter()
-            _emit("lock_wait", acquired - started)
+            _emit(f"{prefix}lock_wait", acquired - started)
             try:
                 yield
             finally:
-                _emit("lock_hold", time.perf_counter() - acquired)
+                _emit(f"{prefix}lock_hold", time.perf_counter() - acquired)
 
     StudyLock.held = held  # type: ignore[method-assign]
 
@@ -355,15 +358,21 @@ class Fleet:
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     exits: list[int] = field(default_factory=list)  # of every worker that chaos did not kill
     killed_pids: set[int] = field(default_factory=set)
+    # Workers that chaos set up to fail (a full disk): pid → (the exit code expected, text its log must hold).
+    expected_failures: dict[int, tuple[int, str]] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)  # expected failures that did not come as expected
 
-    def start(self) -> subprocess.Popen[bytes]:
-        log = (self.folder / f"worker-{len(self.processes)}.log").open("wb")
+    def start(self, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+        log = self.log_of(len(self.processes)).open("wb")
         process = subprocess.Popen(
-            self.command, cwd=self.folder, env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own group: chaos can pause it with its fork server and trials
+            self.command, cwd=cwd or self.folder, env=self.env, stdin=subprocess.DEVNULL, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True,  # its own group: chaos can pause it with its trials
         )  # fmt: skip
         self.processes.append(process)
         return process
+
+    def log_of(self, index: int) -> Path:
+        return self.folder / f"worker-{index}.log"
 
     def alive(self) -> list[subprocess.Popen[bytes]]:
         return [process for process in self.processes if process.poll() is None]
@@ -383,7 +392,17 @@ class Fleet:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-        self.exits = [process.returncode for process in self.processes if process.pid not in self.killed_pids]
+        self.exits = [
+            process.returncode
+            for process in self.processes
+            if process.pid not in self.killed_pids and process.pid not in self.expected_failures
+        ]
+        for index, process in enumerate(self.processes):
+            if process.pid in self.expected_failures:
+                code, text = self.expected_failures[process.pid]
+                log = self.log_of(index).read_text(encoding="utf-8", errors="replace")
+                if process.returncode != code or text not in log:
+                    self.problems.append(f"worker {index} exited {process.returncode} (expected {code} and {text!r})")
 
 
 @functools.cache
@@ -466,11 +485,40 @@ def chaos_sigstop(case: Case, services: Services, fleet: Fleet, storage_url: str
     events.append(f"worker stopped for {CHAOS_STORAGE['grace_period'] * 3} s (grace {CHAOS_STORAGE['grace_period']} s)")
 
 
+FULL_DISK_FREE_MB = 2  # less than a trial's model (3.8 MB): the first trial cannot save it
+
+
+def chaos_disk_full(case: Case, services: Services, fleet: Fleet, storage_url: str, events: list[str]) -> None:
+    """One more worker, started with the others, from a machine whose disk is nearly full: its own folder is a 32 MB
+    tmpfs filled up to 2 MB. Its first trial cannot save the model; expected: that worker stops (exit 1) naming the
+    disk, the trial is queued for a retry that another worker runs, and the rest of the sweep does not notice."""
+    disk = fleet.folder / "full-disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(disk)], check=True, capture_output=True)
+    try:
+        shutil.copy(fleet.folder / "sweep.yaml", disk / "sweep.yaml")
+        with (disk / "filler").open("wb") as filler:
+            filler.write(b"\0" * (shutil.disk_usage(disk).free - FULL_DISK_FREE_MB * 2**20))
+        worker = fleet.start(cwd=disk)
+        fleet.expected_failures[worker.pid] = (1, "this machine cannot run trials: trial #")
+        started = time.monotonic()
+        try:
+            worker.wait(timeout=600)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
+        events.append(f"a worker joined with {FULL_DISK_FREE_MB} MB free; it exited {worker.returncode} after "
+                      f"{time.monotonic() - started:.0f} s")  # fmt: skip
+    finally:
+        subprocess.run(["umount", "--lazy", str(disk)], check=False, capture_output=True)
+
+
 CHAOS: dict[str, Callable[[Case, Services, Fleet, str, list[str]], None]] = {
     "pg_restart": chaos_pg_restart,
     "mlflow_restart": chaos_mlflow_restart,
     "sigkill": chaos_sigkill,
     "sigstop": chaos_sigstop,
+    "disk_full": chaos_disk_full,
 }
 
 
@@ -615,7 +663,7 @@ def repeated_points(trials: list[Any]) -> list[list[int]]:
     return repeated
 
 
-def check(case: Case, trials: list[Any], runs: list[Any], exits: list[int]) -> tuple[list[str], dict[str, Any]]:
+def check(case: Case, trials: list[Any], runs: list[Any], fleet: Fleet) -> tuple[list[str], dict[str, Any]]:
     """The failed checks (empty: all hold) and the counts behind them."""
     states = Counter(trial.state.name for trial in trials)
     children = [run for run in runs if "optuna.trial.number" in run.data.tags]
@@ -625,10 +673,10 @@ def check(case: Case, trials: list[Any], runs: list[Any], exits: list[int]) -> t
         "retries": sum("failed_trial" in trial.system_attrs for trial in trials),
         "child_runs": len(children),
         "run_states": dict(Counter(run.info.status for run in runs)),
-        "worker_exit_codes": dict(Counter(str(code) for code in exits)),
+        "worker_exit_codes": dict(Counter(str(code) for code in fleet.exits)),
     }
-    failed = []
-    if any(code != 0 for code in exits):
+    failed = list(fleet.problems)
+    if any(code != 0 for code in fleet.exits):
         failed.append(f"a worker exited non-zero: {counts['worker_exit_codes']}")
     if states["COMPLETE"] != case.trials:
         failed.append(f"budget: {states['COMPLETE']} COMPLETE trials, not {case.trials}")
@@ -687,6 +735,7 @@ def coordination(events: list[dict[str, Any]], complete_ids: set[int]) -> dict[s
         "per_op_mean_s": {op: round(sum(ops[op] for ops in per_trial.values()) / n, 4) for op in all_ops},
         "lock_wait_s": _summary([event["s"] for event in events if event["op"] == "lock_wait"]),
         "lock_hold_s": _summary([event["s"] for event in events if event["op"] == "lock_hold"]),
+        "best_lock_wait_s": _summary([event["s"] for event in events if event["op"] == "best_lock_wait"]),
         "idle_polls": dict(polls),
     }
 
@@ -722,7 +771,7 @@ def run_case(case: Case, services: Services, work: Path) -> dict[str, Any]:
         wall = time.monotonic() - started
         cpu_after = services_cpu(services, proxy_pids)
         trials, runs = read_back(read_url or storage_url, case, services.tracking_uri)
-    failed, counts = check(case, trials, runs, fleet.exits)
+    failed, counts = check(case, trials, runs, fleet)
     complete_ids = {compat.trial_id_of(trial) for trial in trials if trial.state.name == "COMPLETE"}
     probe_events = read_probes(probes)
     figures = coordination(probe_events, complete_ids)

@@ -232,7 +232,7 @@ def stops_cleanly() -> Iterator[None]:
 
     Here and not in ``main``: typer turns a KeyboardInterrupt into a silent exit 130 before ``main`` could see it.
     """
-    from ftlab.sweep.runner import PreemptedError, SweepFailingError
+    from ftlab.sweep.runner import MachineFaultError, PreemptedError, SweepFailingError
 
     try:
         yield
@@ -240,6 +240,14 @@ def stops_cleanly() -> Iterator[None]:
         err_console.print(
             f"[bold red]error:[/bold red] the sweep stopped: {escape(str(error))}. Finished trials are stored; fix "
             "the cause and run the same command again.",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1) from None
+    except MachineFaultError as error:
+        err_console.print(
+            f"[bold red]error:[/bold red] this machine cannot run trials: {escape(str(error))}. That trial is queued "
+            "for a retry (other workers of the study take it); make room and run the same command again.",
             highlight=False,
             soft_wrap=True,
         )

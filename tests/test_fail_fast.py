@@ -67,23 +67,33 @@ def test_user_text_is_printed_as_it_is_not_as_markup(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
-def test_a_failing_baseline_stops_the_sweep_and_a_full_disk_is_named(tmp_path: Path) -> None:
+def test_a_full_disk_is_named_stops_this_machine_and_loses_nothing(tmp_path: Path) -> None:
     # No file past 2 MB in the baseline's process: its model (3.8 MB) cannot be saved, as on a full disk.
-    sweep = write_sweep(tmp_path, budget={"n_trials": 3})
+    sweep = write_sweep(tmp_path, budget={"n_trials": 1})
     result = run_ftlab("sweep", str(sweep), cwd=tmp_path, env={"FTLAB_INJECT_FAULT": "file_size_limit=2000000,trial=0"})
     assert result.returncode == 1, result.stderr
-    assert "the sweep stopped: the baseline trial #0 failed: file too large while writing" in result.stderr
+    assert "this machine cannot run trials: trial #0 failed: file too large while writing" in result.stderr
     assert "the file-size limit (ulimit -f) is 2,000,000 bytes" in result.stderr
+    assert "queued for a retry" in result.stderr
     assert "Traceback" not in result.stderr
 
+    # The machine's fault, not the recipe's: the baseline waits for its retry, and no other trial started here.
     study = optuna.load_study(study_name="small", storage=f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}")
-    assert [trial.state.name for trial in study.trials] == ["FAIL"], "no trial started after the baseline failed"
+    assert [trial.state.name for trial in study.trials] == ["FAIL", "WAITING"]
     trial_dir = tmp_path / ".ftlab" / "trials" / "small" / "trial-000"
     assert not [path.name for path in trial_dir.rglob(".*tmp-*")], "no temporary file is left behind"
     runs = {run.info.run_name: run for run in runs_of(tmp_path, "small")}
-    assert runs["small-sweep"].info.status == "FAILED"
-    assert "the baseline trial #0 failed" in runs["small-sweep"].data.tags["ftlab.end_reason"]
-    assert runs["trial-000-baseline"].info.status == "FAILED"
+    assert runs["small-sweep"].info.status == "KILLED"
+    assert "this machine cannot run trials" in runs["small-sweep"].data.tags["ftlab.end_reason"]
+    assert runs["trial-000-baseline"].info.status == "KILLED"
+    assert "file too large" in runs["trial-000-baseline"].data.tags["ftlab.end_reason"]
+
+    # Room made (the fault gone): the same command runs the baseline's retry, and the sweep ends.
+    result = run_ftlab("sweep", str(sweep), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    study = optuna.load_study(study_name="small", storage=f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}")
+    assert [trial.state.name for trial in study.trials] == ["FAIL", "COMPLETE"]
+    assert study.trials[1].user_attrs["baseline"] and study.trials[1].params == study.trials[0].params
 
 
 @pytest.mark.integration

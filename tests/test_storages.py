@@ -9,6 +9,7 @@ SIGKILLed worker's trial is reaped and retried, on the two new storages.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import signal
 import subprocess
@@ -131,6 +132,49 @@ def test_the_study_lock_admits_one_holder_at_a_time(storage_url: str) -> None:
     for thread in threads:
         thread.join(timeout=120)
     assert not overlaps
+
+
+def test_marking_the_best_has_a_lock_of_its_own(storage_url: str) -> None:
+    new_study(storage_url)
+    best = StudyLock(storage_url, "contract", purpose="best")
+    with best.held():
+        started = time.monotonic()
+        with StudyLock(storage_url, "contract").held():  # a worker starting a trial does not wait for it
+            pass
+        assert time.monotonic() - started < 5
+        taken = threading.Event()
+
+        def other_worker() -> None:
+            with StudyLock(storage_url, "contract", purpose="best").held():
+                taken.set()
+
+        thread = threading.Thread(target=other_worker)
+        thread.start()
+        assert not taken.wait(timeout=1.5), "two workers held the best trial's lock at once"
+    assert taken.wait(timeout=30)
+    thread.join()
+
+
+def test_a_worker_with_nothing_to_start_does_not_queue_for_the_study_lock(postgres_url: str, tmp_path: Path) -> None:
+    from ftlab.config import load_sweep
+    from ftlab.sweep.budget import Budget, Decision
+    from ftlab.sweep.runner import SweepRunner
+
+    sweep_file = write_sweep(tmp_path, budget={"n_trials": 1})
+    runner = SweepRunner(load_sweep(sweep_file), sweep_file, postgres_url, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    budget = Budget(n_trials=1)
+    assert runner._next_trial(budget)[0] is Decision.START  # trial 0 runs now; it may meet the budget
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    with StudyLock(postgres_url, "small").held():  # another worker is starting a trial
+        look = pool.submit(runner._next_trial, budget)
+        try:
+            decision: object = look.result(timeout=10)
+        except concurrent.futures.TimeoutError:
+            decision = "it waited for the study lock"
+    pool.shutdown()
+    assert decision == (Decision.WAIT, None)
+    runner.study.tell(runner.study.trials[0].number, 1.0)
+    assert runner._next_trial(budget) == (Decision.DONE, None)
 
 
 def test_a_storage_url_that_cannot_work_is_named(tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ from ftlab.sweep.reaper import reap, stale_trial_callback
 from ftlab.sweep.record import PARENT_RUN_ATTR, REPORTED_ATTR
 from ftlab.sweep.report import log_report
 from ftlab.sweep.resilience import is_concurrent_schema_creation, retry_on_connection_loss
-from ftlab.sweep.runner import PreemptedError, SweepFailingError, SweepRunner
+from ftlab.sweep.runner import MachineFaultError, PreemptedError, SweepFailingError, SweepRunner
 from ftlab.sweep.study import StudyLock, create_or_load_study, load_study, open_storage, storage_url_for
 from ftlab.sweep.summary import Comparison, compare
 from ftlab.sweep.view import SweepView
@@ -76,6 +76,7 @@ def run_sweep(
         UserError: the sweep cannot start (see :mod:`ftlab.preflight`), before any trial does.
         SweepFailingError: the trials kept failing (the failure budget); the parent run ends FAILED with the reason.
         PreemptedError: SIGTERM; the running trials saved checkpoints and wait for their retries.
+        MachineFaultError: this machine's disk is full; the trial that found out waits for its retry.
     """
     sweep = load_sweep(sweep_file)
     complete = n_trials if n_trials is not None else sweep.budget.n_trials
@@ -146,10 +147,17 @@ def run_study(
     except SweepFailingError as error:
         status, reason = "FAILED", str(error)
         raise
+    except MachineFaultError as error:
+        status, reason = "KILLED", f"this machine cannot run trials: {error}"
+        raise
     finally:
         if runner.parent_run_id:
-            # A preempted worker has seconds left: whoever runs next writes the report.
-            if not runner.preempted and retry_on_connection_loss(lambda: _report_is_due(runner)):
+            # A preempted worker has seconds left, and a full disk no room: whoever runs next writes the report.
+            if (
+                not runner.preempted
+                and runner.machine_fault is None
+                and retry_on_connection_loss(lambda: _report_is_due(runner))
+            ):
                 retry_on_connection_loss(lambda: write_report(runner.study, uri, runner.parent_run_id, report_dir))
             runner.finish(status, reason)
     comparison = retry_on_connection_loss(lambda: compare(runner.study, sweep.objectives[0].metric))

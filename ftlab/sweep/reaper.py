@@ -93,6 +93,13 @@ def fail_orphaned_trials(study: optuna.Study) -> list[int]:
 _last_reaped: dict[tuple[int, int], float] = {}
 
 
+def reap_due(study: optuna.Study) -> bool:
+    """Whether :func:`reap` would look for stale trials now (else it returns at once)."""
+    interval = compat.heartbeat_interval_of(study)
+    last = _last_reaped.get((id(compat.storage_of(study)), compat.study_id_of(study)))
+    return interval is None or last is None or time.monotonic() - last >= interval
+
+
 def reap(study: optuna.Study) -> None:
     """Fail (and retry) every trial whose heartbeat is older than the grace period; fail trials that never beat.
 
@@ -101,11 +108,8 @@ def reap(study: optuna.Study) -> None:
     its two queries lengthened every other worker's wait for the lock. A dead worker's trial is still found within
     the grace period plus one interval.
     """
-    interval = compat.heartbeat_interval_of(study)
-    key = (id(compat.storage_of(study)), compat.study_id_of(study))
-    now = time.monotonic()
-    if interval is not None and key in _last_reaped and now - _last_reaped[key] < interval:
+    if not reap_due(study):
         return
-    _last_reaped[key] = now
+    _last_reaped[(id(compat.storage_of(study)), compat.study_id_of(study))] = time.monotonic()
     fail_orphaned_trials(study)
     optuna.storages.fail_stale_trials(study)

@@ -65,6 +65,9 @@ class TrialRecord:
     per_device_train_batch_size: int | None = None
     gradient_accumulation_steps: int | None = None
     retry: bool = False  # stopped from outside (SIGKILL, preemption, Ctrl-C): run it again; not the trial's own failure
+    # This machine cannot run trials (its disk is full): the worker stops taking them; the retry runs elsewhere or
+    # once room is made. Only in the result file: the study keeps the reason and ``retry``.
+    machine_fault: bool = False
     # Known once the record is read back from the study.
     number: int | None = None
     params: dict[str, Any] = field(default_factory=dict)

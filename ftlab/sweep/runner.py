@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import signal
 import threading
 import time
@@ -28,7 +29,7 @@ from ftlab.sweep import study as studies
 from ftlab.sweep.budget import Budget, Decision, decide, failing
 from ftlab.sweep.forkserver import trial_process_context
 from ftlab.sweep.process import TrialJob, TrialProcess, describe_exit
-from ftlab.sweep.reaper import reap, retried_trial_number, retry_trial, stale_trial_callback
+from ftlab.sweep.reaper import reap, reap_due, retried_trial_number, retry_trial, stale_trial_callback
 from ftlab.sweep.record import BASELINE_ATTR, OVERRIDES_ATTR, PARENT_RUN_ATTR, RUN_ID_ATTR, TrialRecord
 from ftlab.sweep.resilience import is_concurrent_schema_creation, is_connection_loss, retry_on_connection_loss
 from ftlab.sweep.space import baseline_point, same_point, sample_overrides
@@ -44,6 +45,9 @@ from ftlab.tracking import (
 logger = logging.getLogger(__name__)
 
 _POLL_S = 0.5
+# A worker with nothing to start looks again after 0.5 s, then 1 s, then every 2 s (each with jitter, so that many
+# workers do not look in step); a trial ending in this process wakes it at once.
+_IDLE_MAX_S = 2.0
 
 EventKind = Literal["started", "COMPLETE", "PRUNED", "FAIL"]
 
@@ -78,6 +82,11 @@ class PreemptedError(Exception):
     queued for a retry."""
 
 
+class MachineFaultError(Exception):
+    """This machine cannot run trials (its disk is full): the worker stopped taking them, and the trial that found
+    out is queued for a retry, which another worker, or this one once room is made, runs."""
+
+
 class SweepRunner:
     """Runs one sweep from this machine with ``workers`` trials at a time."""
 
@@ -105,6 +114,7 @@ class SweepRunner:
         self.baseline_config: TrainConfig = resolve_train_config(sweep, sweep_file.parent, source=str(sweep_file))
         self.baseline_point = baseline_point(sweep, self.baseline_config, str(sweep_file))
         self.study_lock = studies.StudyLock(storage_url, sweep.name)
+        self.best_lock = studies.StudyLock(storage_url, sweep.name, purpose="best")
 
         signature = studies.sweep_signature(sweep, self.baseline_config)
 
@@ -118,6 +128,7 @@ class SweepRunner:
         # The failure budget counts what happens from now on: a sweep run again after a fix gets a fresh start.
         self._finished_at_start = {trial.number for trial in self.study.trials if trial.state.is_finished()}
         self.failure: str | None = None
+        self.machine_fault: str | None = None
         self.preempted = False
         self.parent_run_id = ""
         self.running: dict[int, RunningTrial] = {}
@@ -125,6 +136,7 @@ class SweepRunner:
         self._lock = threading.Lock()
         self._processes: set[TrialProcess] = set()
         self._worker_errors: list[BaseException] = []
+        self._trial_ended = threading.Condition()
 
     # --- start and end of the sweep ----------------------------------------------------------------------------------
 
@@ -182,8 +194,14 @@ class SweepRunner:
             raise
         finally:
             signal.signal(signal.SIGTERM, previous_sigterm)
+        self._raise_why_stopped_early()
+
+    def _raise_why_stopped_early(self) -> None:
+        """Every worker thread is done: raise what stopped them before the budget was met, if anything did."""
         if self.preempted:
             raise PreemptedError("stopped by SIGTERM")
+        if self.machine_fault is not None:
+            raise MachineFaultError(self.machine_fault)
         if self.failure is not None:
             raise SweepFailingError(self.failure)
         if self._worker_errors:  # a worker thread failed outside any trial: the sweep did not do what it was asked
@@ -205,6 +223,7 @@ class SweepRunner:
     # --- one worker --------------------------------------------------------------------------------------------------
 
     def _worker(self, index: int, budget: Budget, deadline: float | None, finished: threading.Event) -> None:
+        idle_s = _POLL_S
         try:
             while not self.stop_event.is_set() and (deadline is None or time.monotonic() < deadline):
                 with self._lock:
@@ -212,8 +231,11 @@ class SweepRunner:
                 if decision is Decision.DONE:
                     return
                 if trial_id is None:
-                    time.sleep(_POLL_S)
+                    with self._trial_ended:
+                        self._trial_ended.wait(timeout=idle_s * random.uniform(0.75, 1.25))
+                    idle_s = min(idle_s * 2, _IDLE_MAX_S)
                     continue
+                idle_s = _POLL_S
                 self._run_one(trial_id, index)
         except BaseException as error:
             # Stop the other workers too and let run() raise it: a sweep whose worker died must not exit 0.
@@ -228,17 +250,28 @@ class SweepRunner:
         Every worker of the study agrees on the budget by holding the study lock. Retried as a whole when the
         connection drops: only ``ask`` writes, and it is the last step.
         """
+        if not reap_due(self.study):
+            # A first look without the lock: a worker with nothing to start (the budget is spent, or running trials
+            # may meet it) must not queue for the lock that starting workers need. DONE never turns back, and a START
+            # is decided again under the lock.
+            decision = self._decide(self.study.get_trials(deepcopy=False), budget)
+            if decision is not Decision.START:
+                return decision, None
         with self.study_lock.held():
             reap(self.study)
-            trials = self.study.get_trials(deepcopy=False)
-            decision = decide([trial.state for trial in trials], budget, studies.grid_exhausted(self.study))
-            if decision is not Decision.DONE and (reason := self._failing(trials)) is not None:
-                self.failure = reason
-                self.stop_event.set()
-                return Decision.DONE, None
+            decision = self._decide(self.study.get_trials(deepcopy=False), budget)
             if decision is not Decision.START:
                 return decision, None
             return decision, compat.trial_id_of(studies.ask(self.study))
+
+    def _decide(self, trials: list[optuna.trial.FrozenTrial], budget: Budget) -> Decision:
+        """The budget's decision on ``trials``; DONE, and the sweep stopping, when they keep failing."""
+        decision = decide([trial.state for trial in trials], budget, studies.grid_exhausted(self.study))
+        if decision is not Decision.DONE and (reason := self._failing(trials)) is not None:
+            self.failure = reason
+            self.stop_event.set()
+            return Decision.DONE
+        return decision
 
     def _failing(self, trials: list[optuna.trial.FrozenTrial]) -> str | None:
         """Why the trials since this worker started keep failing, if they do (every worker of the study sees it)."""
@@ -326,11 +359,17 @@ class SweepRunner:
                 # resumes from the last complete checkpoint. A segfault would most likely just happen again.
                 record = TrialRecord("FAIL", reason, retry=exitcode == -signal.SIGKILL)
             self._tell(trial_id, record)
+            if record.machine_fault:
+                # Every trial of this machine would fail the same way: stop taking them, let the others finish.
+                self.machine_fault = self.machine_fault or f"trial #{trial.number} failed: {record.reason}"
+                self.stop_event.set()
             self._show(run, record, tags[DESCRIPTION_TAG])
         finally:
             with self._lock:
                 self.running.pop(trial.number, None)
                 self._processes.discard(process)
+            with self._trial_ended:  # this process's idle workers look again now, not after their back-off
+                self._trial_ended.notify_all()
         self.on_event(TrialEvent(record.state, trial.number, trial.params, is_baseline, record, worker))
 
     def _start_run(self, trial: optuna.Trial, is_baseline: bool, tags: dict[str, str]) -> TrackedRun | None:
@@ -361,7 +400,9 @@ class SweepRunner:
         if record.state == "COMPLETE":
 
             def show_best() -> None:
-                with self.study_lock.held():
+                # Workers take turns (each reads the study and then writes MLflow), under a lock of its own: MLflow
+                # calls under the study lock held up every worker starting a trial.
+                with self.best_lock.held():
                     runs.show_best(self.study, self.sweep, self.tracking_uri, self.parent_run_id)
 
             retry_on_connection_loss(show_best)  # it reads the study: a database restart must not end the worker

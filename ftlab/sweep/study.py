@@ -182,22 +182,28 @@ class StudyLock:
     PostgreSQL: a session advisory lock keyed by the study name. SQLite: a lock file beside the database. A journal
     file: a lock file beside it. A gRPC proxy: a lock study in the storage behind it (:class:`_StorageMutex`).
     Without it, two workers could both see one trial left in the budget and both start one.
+
+    ``purpose`` names a lock of its own for other work that workers must take turns at (``"best"``: marking the best
+    trial in MLflow), so that it does not hold up the workers that are starting trials.
     """
 
-    def __init__(self, storage_url: str, study_name: str) -> None:
+    def __init__(self, storage_url: str, study_name: str, purpose: str = "study") -> None:
+        self.purpose = purpose
         self._file_lock: FileLock | None = None
         self._engine: sqlalchemy.Engine | None = None
         self._mutex: _StorageMutex | None = None
-        self._key = int.from_bytes(hashlib.sha256(study_name.encode()).digest()[:8], "big", signed=True)
+        name = study_name if purpose == "study" else f"{study_name}:{purpose}"
+        suffix = "" if purpose == "study" else f".{purpose}"
+        self._key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
         if (database := paths.sqlite_file(storage_url)) is not None:
-            self._file_lock = FileLock(f"{database}.lock")
+            self._file_lock = FileLock(f"{database}{suffix}.lock")
         elif (journal := paths.journal_file(storage_url)) is not None:
             # Not `{journal}.lock`: Optuna's own lock for writing the journal is a symlink of that name.
-            self._file_lock = FileLock(f"{journal}.ftlab.lock")
+            self._file_lock = FileLock(f"{journal}.ftlab{suffix}.lock")
         elif storage_url.startswith("postgresql"):
             self._engine = sqlalchemy.create_engine(storage_url, pool_pre_ping=True, poolclass=sqlalchemy.NullPool)
         elif paths.grpc_address(storage_url) is not None:
-            self._mutex = _StorageMutex(open_storage(storage_url), f"ftlab.lock:{study_name}")
+            self._mutex = _StorageMutex(open_storage(storage_url), f"ftlab.lock:{name}")
 
     @contextmanager
     def held(self) -> Iterator[None]:

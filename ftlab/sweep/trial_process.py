@@ -132,6 +132,8 @@ def record_for(error: BaseException) -> TrialRecord:
         return TrialRecord("FAIL", str(error))  # told already, and retried, by the worker that reaped it
     if is_connection_loss(error):  # the database went away (a restart), not the trial: one retry, which resumes
         return TrialRecord("FAIL", f"lost the database connection: {error}", retry=True)
+    if isinstance(error, NoSpaceError):  # this machine's disk, not the configuration: retried, and the worker stops
+        return TrialRecord("FAIL", str(error), retry=True, machine_fault=True)
     if isinstance(error, EXPECTED_FAILURES):
         return TrialRecord("FAIL", str(error))
     return TrialRecord("FAIL", f"{type(error).__name__}: {error}")
