@@ -271,10 +271,12 @@ class Case:
     trials: int
     storage_kind: str = "postgresql"  # postgresql, grpc (Optuna's proxy in front of PostgreSQL), journal (a file)
     chaos: str = "none"
+    repeat: int = 0  # a chaos case run again (--chaos-repeat): a study and folder of its own
 
     @property
     def label(self) -> str:
-        return f"{self.storage_kind}-w{self.workers}-t{self.trials}-{self.chaos}"
+        again = f"-{self.repeat + 1}" if self.repeat else ""
+        return f"{self.storage_kind}-w{self.workers}-t{self.trials}-{self.chaos}{again}"
 
     @property
     def study(self) -> str:
@@ -846,6 +848,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--chaos", default="", help=f"chaos cases at the largest W: {', '.join(CHAOS)}")
     parser.add_argument("--chaos-workers", type=int, default=None, help="W of the chaos cases (default: largest)")
     parser.add_argument("--chaos-only", action="store_true", help="run the chaos cases only")
+    parser.add_argument("--chaos-repeat", type=int, default=1, help="run each chaos case this many times")
     parser.add_argument("--postgres", default=POSTGRES_SERVER_URL, help="the PostgreSQL server, no database")
     parser.add_argument("--pg-cluster", default=None, help="'VERSION NAME' for pg_ctlcluster (pg_restart only)")
     parser.add_argument("--output", type=Path, default=REPO_ROOT / "benchmarks" / "results" / f"{NAME}.json")
@@ -861,7 +864,7 @@ def plan(args: argparse.Namespace) -> list[Case]:
     for chaos in filter(None, args.chaos.split(",")):
         if chaos not in CHAOS:
             raise SystemExit(f"--chaos: unknown case {chaos!r}; choose from {', '.join(CHAOS)}")
-        cases.append(Case(chaos_w, args.trials, kinds[0], chaos))
+        cases.extend(Case(chaos_w, args.trials, kinds[0], chaos, repeat) for repeat in range(args.chaos_repeat))
     return cases
 
 
