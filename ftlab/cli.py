@@ -234,24 +234,23 @@ def stops_cleanly() -> Iterator[None]:
     """
     from ftlab.sweep.runner import MachineFaultError, PreemptedError, SweepFailingError
 
+    def stopped(what: str, error: Exception, then: str) -> typer.Exit:
+        err_console.print(
+            f"[bold red]error:[/bold red] {what}: {escape(str(error))}. {then}", highlight=False, soft_wrap=True
+        )
+        return typer.Exit(1)
+
     try:
         yield
     except SweepFailingError as error:
-        err_console.print(
-            f"[bold red]error:[/bold red] the sweep stopped: {escape(str(error))}. Finished trials are stored; fix "
-            "the cause and run the same command again.",
-            highlight=False,
-            soft_wrap=True,
-        )
-        raise typer.Exit(1) from None
+        then = "Finished trials are stored; fix the cause and run the same command again."
+        raise stopped("the sweep stopped", error, then) from None
     except MachineFaultError as error:
-        err_console.print(
-            f"[bold red]error:[/bold red] this machine cannot run trials: {escape(str(error))}. That trial is queued "
-            "for a retry (other workers of the study take it); make room and run the same command again.",
-            highlight=False,
-            soft_wrap=True,
+        then = (
+            "That trial is queued for a retry (other workers of the study take it); make room and run the same "
+            "command again."
         )
-        raise typer.Exit(1) from None
+        raise stopped("this machine cannot run trials", error, then) from None
     except PreemptedError:
         err_console.print("stopped by SIGTERM: the interrupted trials saved a checkpoint and will be retried")
         raise typer.Exit(143) from None
