@@ -221,6 +221,9 @@ def test_ctrl_c_ends_runs_killed_and_the_study_resumes(tmp_path: Path) -> None:
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        # As from a terminal: a test run started in the background by a non-interactive shell inherits SIGINT
+        # ignored, and Python then never turns it into KeyboardInterrupt.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     progress = tmp_path / ".ftlab" / "trials" / "small" / "trial-000" / "progress.json"
     deadline = time.monotonic() + 120
