@@ -2,11 +2,12 @@
 ``mlflow server``, with trials that barely train (the tiny demo model, one or two optimizer steps), so that what a
 trial costs is mostly coordination. Then the same harness under chaos.
 
-Run from the repo root (about 10 minutes on two cores for the default plan):
+Run from the repo root (on two cores: about 3 minutes for the default plan, 11 for the issue's full size):
 
     python -m benchmarks.scale_out                                      # load: W = 1, 4, 8 × T = 24, on PostgreSQL
-    python -m benchmarks.scale_out --workers 1,16 --trials 200          # the full size, on a bigger machine
+    python -m benchmarks.scale_out --workers 1,16 --trials 200          # the full size
     python -m benchmarks.scale_out --workers 4 --trials 16 --chaos pg_restart,sigkill --pg-cluster "15 bench"
+    python -m benchmarks.scale_out --workers 4 --trials 16 --chaos-only --chaos disk_full    # as root: mounts a tmpfs
     python -m benchmarks.scale_out --workers 1,4 --storage-kinds postgresql,grpc,journal
 
 PostgreSQL: ``--postgres`` (default ``FTLAB_TEST_POSTGRES``, else ``postgresql://postgres@127.0.0.1:5432``); each case
