@@ -93,10 +93,14 @@ def fail_orphaned_trials(study: optuna.Study) -> list[int]:
 _last_reaped: dict[tuple[int, int], float] = {}
 
 
+def _reaped_key(study: optuna.Study) -> tuple[int, int]:
+    return id(compat.storage_of(study)), compat.study_id_of(study)
+
+
 def reap_due(study: optuna.Study) -> bool:
     """Whether :func:`reap` would look for stale trials now (else it returns at once)."""
     interval = compat.heartbeat_interval_of(study)
-    last = _last_reaped.get((id(compat.storage_of(study)), compat.study_id_of(study)))
+    last = _last_reaped.get(_reaped_key(study))
     return interval is None or last is None or time.monotonic() - last >= interval
 
 
@@ -110,6 +114,6 @@ def reap(study: optuna.Study) -> None:
     """
     if not reap_due(study):
         return
-    _last_reaped[(id(compat.storage_of(study)), compat.study_id_of(study))] = time.monotonic()
+    _last_reaped[_reaped_key(study)] = time.monotonic()
     fail_orphaned_trials(study)
     optuna.storages.fail_stale_trials(study)
