@@ -7,7 +7,7 @@
 #                                               # the GPU machine lacks, as Python 3.12 wheels in .whl/ (~29 MB,
 #                                               # git-ignored; versions: this checkout's .venv, the ones tested here)
 #   bash benchmarks/gpu_run.sh                  # THERE: device tool `run`, carry [".whl"], timeout_s 600
-#   bash benchmarks/gpu_run.sh xl               # one part only (xl or sweep)
+#   bash benchmarks/gpu_run.sh xl               # one part only (xl, sweep or group)
 #   PYTHON=.venv/bin/python bash benchmarks/gpu_run.sh --tiny   # the same plumbing here on the CPU, ~2-3 minutes
 #
 # Expected wall time on one H200 (or H100), about 8 minutes of the 10 one command may take:
@@ -16,6 +16,9 @@
 #           taking turns twice, 1 + 3 optimizer steps of 128 x 1024 tokens each run       ~4.5 min (killed at 320 s)
 #   gpu_sweep: stdlib text, BPE tokenizer, random GPT-2 small; 4 trials (2 retried after a real CUDA OOM, pruned),
 #           status, export                                                               ~3 min (killed at 230 s)
+#   group:  only where the machine has 2 GPUs or more (else "skipped" in group.txt): benchmarks/trial_group.py
+#           --device cuda, GPT-2 small fp32, 30 steps in one process on one GPU, then as a trial of 2 processes
+#           on 2 GPUs (NCCL) under DDP and under FSDP; losses compared, step times      ~2 min (killed at 180 s)
 #
 # Afterwards, in $OUT (copy the .json and .log files to benchmarks/results/ and commit them):
 #   env.txt          Python, torch, CUDA, the GPU, the versions of the packages used, whether ftlab imported
@@ -27,6 +30,8 @@
 #                    memory; timings_s
 #   gpu_sweep.log    the output of `ftlab sweep`, `ftlab status --json` and `ftlab best --export --json`
 #   gpu_sweep.stderr.log   the script's progress
+#   trial_group_cuda.json  runs.*: wall_s, step_ms, start_s, eval/train loss and their relative difference from the
+#                    1-GPU run; ratios_to_1_process (group.log: its progress)
 # Exit status: 0 when both parts passed, else 1.
 
 set -uo pipefail
@@ -89,11 +94,11 @@ for arg in "$@"; do
     case $arg in
         --fetch-wheels) fetch_wheels; exit ;;
         --tiny) TINY=--tiny ;;
-        xl | sweep) PARTS+=("$arg") ;;
-        *) echo "usage: bash benchmarks/gpu_run.sh [--fetch-wheels | [--tiny] [xl] [sweep]]" >&2; exit 2 ;;
+        xl | sweep | group) PARTS+=("$arg") ;;
+        *) echo "usage: bash benchmarks/gpu_run.sh [--fetch-wheels | [--tiny] [xl] [sweep] [group]]" >&2; exit 2 ;;
     esac
 done
-[[ ${#PARTS[@]} -eq 0 ]] && PARTS=(xl sweep)
+[[ ${#PARTS[@]} -eq 0 ]] && PARTS=(xl sweep group)
 PYTHON=${PYTHON:-python3}
 export OUT=${OUT:-$(mktemp -d -t ftlab-gpu-run-XXXX)}
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -110,6 +115,17 @@ for part in "${PARTS[@]}"; do
     if [[ $part == xl ]]; then
         timeout --kill-after=20 320 "$PYTHON" -m benchmarks.gpu_xl $TINY --time-budget-s 270 \
             --output "$RESULTS/gpu_xl$SUFFIX.json" 2> >(tee "$OUT/gpu_xl$SUFFIX.log" >&2) || status=1
+    elif [[ $part == group ]]; then
+        gpus=$("$PYTHON" -c 'import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)')
+        if [[ -n $TINY ]]; then  # the same plumbing on the CPU: gloo, the small CPU model, few steps
+            timeout --kill-after=20 180 "$PYTHON" -m benchmarks.trial_group --quick \
+                --output "$RESULTS/trial_group$SUFFIX.json" 2> >(tee "$OUT/group$SUFFIX.log" >&2) || status=1
+        elif [[ ${gpus:-0} -ge 2 ]]; then
+            timeout --kill-after=20 180 "$PYTHON" -m benchmarks.trial_group --device cuda --micro-batch 8 \
+                --output "$RESULTS/trial_group_cuda.json" 2> >(tee "$OUT/group.log" >&2) || status=1
+        else
+            echo "skipped: ${gpus:-0} GPU(s) here, the 2-process cases need 2" | tee "$OUT/group.txt" >&2
+        fi
     else
         timeout --kill-after=20 230 "$PYTHON" -m benchmarks.gpu_sweep $TINY --timeout-s 150 \
             --output "$RESULTS/gpu_sweep$SUFFIX.json" 2> >(tee "$OUT/gpu_sweep$SUFFIX.stderr.log" >&2) || status=1

@@ -15,8 +15,8 @@ does), a byte-level BPE tokenizer trained on it, and a GPT-2-architecture model 
    trial meets it at the first rung; the trials at the huge micro-batch have done one optimizer step (at a warm-up
    learning rate of 0) there, and are pruned. Their first attempt runs out of CUDA memory and ftlab retries it with
    half the micro-batch and twice the accumulation until it fits. ``--tiny`` gets the same retry from ftlab's
-   test-only fault injection (``FTLAB_INJECT_FAULT=oom_at_step=1,oom_above_batch=4``: a card on which 4 sequences
-   fit and 8 do not).
+   test-only fault injection (``tests/support/faults.py`` with ``FTLAB_INJECT_FAULT=oom_at_step=1,oom_above_batch=4``:
+   a card on which 4 sequences fit and 8 do not).
 2. ``ftlab status --json`` and ``ftlab best --export DIR --json``.
 
 While the sweep runs, the process tree and ``nvidia-smi`` are sampled every half second. Checks, each
@@ -410,8 +410,11 @@ def cli_env(work: Path, size: Size) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
     env.pop("MLFLOW_TRACKING_URI", None)  # the sweep's own store: work/mlruns
     env.pop("FTLAB_INJECT_FAULT", None)
+    env.pop("FTLAB_TRAINING_CALLBACKS", None)  # ftlab.training.plugins.ENV_VAR
     if size.fault:
-        env["FTLAB_INJECT_FAULT"] = size.fault
+        from tests.support.faults import fault_env  # the package ships no faults: the tests' own, through its hook
+
+        env.update(fault_env(size.fault))
     return env
 
 

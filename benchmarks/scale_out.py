@@ -12,7 +12,7 @@ Run from the repo root (on two cores: about 3 minutes for the default plan, 11 f
 
 PostgreSQL: ``--postgres`` (default ``FTLAB_TEST_POSTGRES``, else ``postgresql://postgres@127.0.0.1:5432``); each case
 gets a fresh database for its study, and one MLflow server on a database of its own serves every case (the services
-of ``tests/services.py``, reused). ``pg_restart`` restarts the whole server with ``pg_ctlcluster --pg-cluster
+of ``tests/support/services.py``, reused). ``pg_restart`` restarts the whole server with ``pg_ctlcluster --pg-cluster
 restart``: give it a cluster of its own (``pg_createcluster 15 bench --port 5433 --start -- --auth-host=trust``), not
 one that other work uses.
 
@@ -117,7 +117,7 @@ def _timed(owner: Any, attr: str, op: str, trial_arg: int | None = None) -> None
 
 
 def _install_lock_probe() -> None:
-    from ftlab.sweep.study import StudyLock
+    from ftlab.storage import StudyLock
 
     original = StudyLock.held
 
@@ -136,11 +136,12 @@ def _install_lock_probe() -> None:
     StudyLock.held = held  # type: ignore[method-assign]
 
 
-def _install_runner_probes() -> None:
-    from ftlab.sweep import runner
+def _install_scheduler_probes() -> None:
+    from ftlab.sweep import scheduler
+    from ftlab.sweep.launcher import TrialLauncher
     from ftlab.sweep.process import TrialProcess
 
-    next_trial = runner.SweepRunner._next_trial
+    next_trial = scheduler.Scheduler._next_trial
 
     def timed_next_trial(self: Any, budget: Any) -> Any:
         started = time.perf_counter()
@@ -162,21 +163,21 @@ def _install_runner_probes() -> None:
             _emit("training", float(record.seconds), self.job.trial_id)
         return record, exitcode
 
-    run_sweep = runner.SweepRunner.run
+    run_sweep = scheduler.Scheduler.run
 
-    def run_reporting_errors(self: Any, *args: Any) -> None:
+    def run_reporting_errors(self: Any, *args: Any, **kwargs: Any) -> None:
         try:
-            run_sweep(self, *args)
+            run_sweep(self, *args, **kwargs)
         except BaseException as error:  # what ended the worker, with its whole chain, for the case's log
             _emit("worker_error", 0.0, -1, error="".join(traceback.format_exception(error))[-6000:])
             raise
 
-    runner.SweepRunner.run = run_reporting_errors  # type: ignore[method-assign]
-    runner.SweepRunner._next_trial = timed_next_trial  # type: ignore[method-assign]
+    scheduler.Scheduler.run = run_reporting_errors  # type: ignore[method-assign]
+    scheduler.Scheduler._next_trial = timed_next_trial  # type: ignore[method-assign]
     TrialProcess.run = timed_run  # type: ignore[method-assign]
-    _timed(runner.SweepRunner, "_prepare", "prepare", trial_arg=1)
-    _timed(runner.SweepRunner, "_show", "show")
-    _timed(runner, "reap", "reap")
+    _timed(TrialLauncher, "_prepare", "prepare", trial_arg=1)
+    _timed(TrialLauncher, "_show", "show")
+    _timed(scheduler, "reap", "reap")
 
 
 def install_worker_probes() -> None:
@@ -188,7 +189,7 @@ def install_worker_probes() -> None:
     from ftlab.tracking import TrackedRun
 
     _install_lock_probe()
-    _install_runner_probes()
+    _install_scheduler_probes()
     _timed(compat, "record_heartbeat", "heartbeat", trial_arg=1)
     _timed(studies, "ask", "ask")
     _timed(studies, "tell", "tell", trial_arg=1)
@@ -288,7 +289,7 @@ class Case:
 class Services:
     postgres: str  # the server, no database
     tracking_uri: str
-    mlflow: Any  # tests.services.MlflowServer
+    mlflow: Any  # tests.support.services.MlflowServer
     mlflow_database: str
     pg_cluster: str | None
 
@@ -300,7 +301,7 @@ CHAOS_STORAGE = {"heartbeat_interval": 1, "grace_period": 5}  # reaping within s
 
 
 def write_case_sweep(folder: Path, case: Case) -> Path:
-    from tests.helpers import SMALL_SWEEP, write_sweep
+    from tests.support.sweeps import SMALL_SWEEP, write_sweep
 
     folder.mkdir(parents=True, exist_ok=True)
     storage = CHAOS_STORAGE if case.chaos != "none" else {"heartbeat_interval": 2, "grace_period": 20}
@@ -415,7 +416,7 @@ def _reader(storage_url: str) -> Any:
     import sqlalchemy
     from optuna.storages import RDBStorage
 
-    from ftlab.sweep.study import open_storage
+    from ftlab.storage import open_storage
 
     if storage_url.startswith("postgresql"):
         return RDBStorage(storage_url, engine_kwargs={"poolclass": sqlalchemy.NullPool})
@@ -534,7 +535,7 @@ def case_storage(
 ) -> Iterator[tuple[str, str | None, str | None]]:
     """The ``--storage`` URL for the case; the PostgreSQL database behind it (None for a journal file); and the
     URL for reading the study back afterwards (RDB directly, not through the proxy)."""
-    from tests.services import postgres_database
+    from tests.support.services import grpc_proxy, postgres_database
 
     if case.storage_kind == "journal":
         url = f"journal:///{folder / 'study.journal'}"
@@ -546,38 +547,6 @@ def case_storage(
             return
         with grpc_proxy(database_url, folder, proxy_pids) as proxy_url:
             yield proxy_url, database_url.rsplit("/", 1)[1], database_url
-
-
-@contextlib.contextmanager
-def grpc_proxy(
-    database_url: str, folder: Path, pids: list[int] | None = None, port: int | None = None
-) -> Iterator[str]:
-    """Optuna's gRPC storage proxy in front of the database, as a process of its own (``docker-compose.yml``'s
-    ``storage-proxy`` service runs the same code), on ``port`` (default a free one). ``get_storage`` adds Optuna's
-    cache of finished trials, as ``run_grpc_proxy_server``'s documentation asks."""
-    from optuna.storages import GrpcStorageProxy
-
-    from tests.services import free_port
-
-    port = port or free_port()
-    code = (
-        "import sys; from optuna.storages import RDBStorage, get_storage, run_grpc_proxy_server; "
-        "run_grpc_proxy_server(get_storage(RDBStorage(sys.argv[1], engine_kwargs={'pool_pre_ping': True})), "
-        "host='127.0.0.1', port=int(sys.argv[2]))"
-    )
-    with (folder / "grpc-proxy.log").open("wb") as log:
-        process = subprocess.Popen([sys.executable, "-c", code, database_url, str(port)], stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-    if pids is not None:
-        pids.append(process.pid)  # for its CPU time
-    try:
-        proxy = GrpcStorageProxy(host="127.0.0.1", port=port)
-        proxy.wait_server_ready(timeout=60)
-        proxy.close()
-        yield f"grpc://127.0.0.1:{port}"
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
 
 
 # --- the services' CPU time -------------------------------------------------------------------------------------------
@@ -642,7 +611,7 @@ def read_back(read_url: str, case: Case, tracking_uri: str) -> tuple[list[Any], 
     import optuna
     from mlflow import MlflowClient
 
-    from ftlab.sweep.study import open_storage
+    from ftlab.storage import open_storage
 
     study = optuna.load_study(study_name=case.study, storage=open_storage(read_url))
     client = MlflowClient(tracking_uri=tracking_uri)
@@ -804,7 +773,7 @@ def run_case(case: Case, services: Services, work: Path) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def services_for(postgres: str, pg_cluster: str | None, work: Path) -> Iterator[Services]:
-    from tests.services import MlflowServer, postgres_database
+    from tests.support.services import MlflowServer, postgres_database
 
     with (
         postgres_database("ftlab_bench_mlflow", postgres) as backend,
@@ -840,7 +809,7 @@ def ratios(cases: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    from tests.services import POSTGRES_SERVER_URL
+    from tests.support.services import POSTGRES_SERVER_URL
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", default="1,4,8", help="comma-separated W values (default 1,4,8)")

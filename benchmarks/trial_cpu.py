@@ -67,7 +67,7 @@ from benchmarks._common import (
 from ftlab.config import SweepConfig, TrainConfig, load_sweep
 from ftlab.console import quiet_libraries
 from ftlab.data import PreparedData, prepare_data
-from ftlab.demo import ensure_demo_assets
+from ftlab.demo import ensure_demo_assets, load_sweep_with_assets
 from ftlab.settings import resolve_train_config
 from ftlab.tracking import MlflowCallback, TrackedRun, get_or_create_experiment
 from ftlab.training.callbacks import TrainPlan
@@ -137,7 +137,7 @@ class Setup:
 
 
 def make_setup(work: Path, started: float) -> Setup:
-    sweep = load_sweep(DEMO_SWEEP)  # builds the demo assets if this FTLAB_HOME has none
+    sweep = load_sweep_with_assets(DEMO_SWEEP)  # builds the demo assets if this FTLAB_HOME has none
     # Our own data cache, so that the first preparation is a real miss and nothing lands in the repository.
     data = sweep.data.model_copy(update={"cache_dir": str(work / "data-cache")})
     sweep = sweep.model_copy(update={"data": data})

@@ -4,29 +4,58 @@ User errors (:class:`ftlab.errors.UserError`) print a message and exit 2 without
 and keeps its traceback.
 """
 
+# ruff: noqa: E402  (the Ctrl-C guard below must be in place before the slow imports that follow it)
 from __future__ import annotations
 
 import atexit
 import json
 import os
 import secrets
+import signal
 import sys
 import threading
+
+
+def _interrupted_while_importing(signum: int, frame: object) -> None:
+    # Nothing has been created while this module imports (about a second): end at once, without a traceback.
+    print("interrupted: nothing was done", file=sys.stderr, flush=True)
+    os._exit(130)
+
+
+# Ctrl-C in the first moments of a command lands in these imports; Python would print a KeyboardInterrupt traceback.
+# Only while importing, and only where Ctrl-C has its default handling (not in a host that installed its own).
+_IMPORTING_HANDLED = (
+    threading.current_thread() is threading.main_thread()
+    and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+)
+if _IMPORTING_HANDLED:
+    signal.signal(signal.SIGINT, _interrupted_while_importing)
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
-import yaml
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from ftlab.console import quiet_libraries
 from ftlab.errors import UserError
+from ftlab.hints import shell_command
+
+
+class CorrectionChoice(StrEnum):
+    """ftlab.sweep.verdict's corrections, named here so that `ftlab --help` does not import scipy."""
+
+    paired = "paired"
+    holm = "holm"
+    dunnett = "dunnett"
+
 
 if TYPE_CHECKING:
+    from ftlab.launch.slurm_tasks import JobStatus
     from ftlab.sweep.confirm import Confirmation
 
 app = typer.Typer(
@@ -37,10 +66,14 @@ app = typer.Typer(
 )
 baseline_app = typer.Typer(help="Documented baselines: the recipes sweeps search around.", no_args_is_help=True)
 app.add_typer(baseline_app, name="baseline")
+launch_app = typer.Typer(help="Start a sweep's workers on a cluster scheduler.", no_args_is_help=True)
+app.add_typer(launch_app, name="launch")
 
 # Off a terminal (logs, CI, pipes) rich would assume 80 columns and fold every table; use a log-friendly width.
-console = Console(width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+# Not rich markup by default: most of what is printed quotes files, values, paths and other programs' errors, where
+# `[...]` is text (gloo's "[/path/pair.cc:553]"); the few styled lines pass markup=True and escape what they quote.
+console = Console(width=None if sys.stdout.isatty() else 160, markup=False)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160, markup=False)
 
 SweepFile = Annotated[Path, typer.Argument(help="A sweep file (YAML), e.g. sweeps/demo.yaml.")]
 TrackingUri = Annotated[
@@ -62,15 +95,15 @@ def validate(
     """Check that sweeps can start: the schema, every value the search can produce, the model, the data (prepared
     and cached), the storage and the tracking server. Every problem is reported at once."""
     quiet_libraries()
-    from ftlab import preflight
-    from ftlab.config import load_sweep
-    from ftlab.sweep.orchestrate import tracking_uri_for
-    from ftlab.sweep.study import storage_url_for
+    from ftlab.demo import load_sweep_with_assets
+    from ftlab.storage import storage_url_for
+    from ftlab.sweep import preflight
+    from ftlab.tracking import tracking_uri_for
 
     problems = []
     for file in files:
         try:
-            sweep = load_sweep(file)
+            sweep = load_sweep_with_assets(file)
         except UserError as error:
             problems.extend(error.problems)
             continue
@@ -83,7 +116,11 @@ def validate(
             )
         problems.extend(found)
         if not found:
-            console.print(f"[green]ok[/green] {escape(str(file))}")
+            console.print(f"[green]ok[/green] {escape(str(file))}", markup=True)
+            for warning in preflight.settings_warnings(sweep, file.parent, str(file)):
+                console.print(
+                    f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True, markup=True
+                )
     if problems:
         raise UserError(problems)
 
@@ -107,7 +144,7 @@ def _print_baseline(info: dict[str, Any], as_json: bool) -> None:
             table.add_row(key, str(value))
     console.print(table)
     for warning in info.get("warnings", []):
-        console.print(f"[yellow]warning:[/yellow] {warning}")
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", markup=True)
 
 
 @baseline_app.command("show")
@@ -126,18 +163,25 @@ def baseline_from_card(
     card: Annotated[Path, typer.Argument(help="A README.md written by transformers' Trainer.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     output: Annotated[
-        Path | None, typer.Option("-o", "--output", help="Write the recipe as YAML for a sweep's `baseline:`.")
+        Path | None,
+        typer.Option(
+            "-o", "--output", help="Write the recipe as YAML for a sweep's `baseline:` (missing folders are created)."
+        ),
     ] = None,
 ) -> None:
     """Read the training recipe and reported results out of a Trainer model card."""
     from ftlab.baselines import load_card
 
     baseline = load_card(card)
+    if output is not None:  # refuse a file it must not overwrite before printing anything
+        from ftlab.baselines.recipe_file import check_output
+
+        check_output(output, card)
     _print_baseline(baseline.as_json(), as_json)
     if output is not None:
-        header = [f"# Baseline recipe read from {card} by `ftlab baseline from-card`."]
-        header += [f"# warning: {warning}" for warning in baseline.warnings]
-        output.write_text("\n".join(header) + "\n" + yaml.safe_dump(baseline.training_settings(), sort_keys=False))
+        from ftlab.baselines.recipe_file import write_recipe
+
+        write_recipe(output, card, baseline)
         err_console.print(f"wrote {output}")
 
 
@@ -161,29 +205,45 @@ def train_command(
 ) -> None:
     """Run one trial: the sweep file's baseline configuration (plus any --set), tracked as one MLflow run."""
     quiet_libraries()
-    from ftlab import preflight
-    from ftlab.config import load_sweep
+    from ftlab.demo import load_sweep_with_assets
+    from ftlab.errors import redact_url
     from ftlab.settings import parse_set_options, resolve_train_config
-    from ftlab.sweep.orchestrate import tracking_uri_for
-    from ftlab.tracking import TrackedRun, experiment_name, redact_url
+    from ftlab.sweep import preflight
+    from ftlab.tracking import TrackedRun, experiment_name, tracking_uri_for
     from ftlab.trial import run_trial
 
-    sweep = load_sweep(file)
+    sweep = load_sweep_with_assets(file)
     train_config = resolve_train_config(sweep, file.parent, parse_set_options(set_ or []), source=str(file))
     uri = tracking_uri_for(sweep, tracking_uri)
     tracking_where = "--tracking-uri" if tracking_uri else f"{file}:tracking.uri"
-    preflight.raise_problems(
-        preflight.model_problems(sweep, str(file))
-        + preflight.data_problems(sweep, file.parent, [train_config], str(file))
-        + preflight.tracking_problems(uri, tracking_where)
-    )
+    problems = preflight.folder_problems(sweep, [train_config], str(file)) + preflight.model_problems(sweep, str(file))
+    if not problems:  # the data check loads the tokenizer: only once the model is sound
+        problems = preflight.data_problems(sweep, file.parent, [train_config], str(file))
+    preflight.raise_problems(problems + preflight.tracking_problems(uri, tracking_where))
     console.print(
-        f"training [bold]{sweep.name}[/bold] baseline on {sweep.model.name_or_path}; tracking at {redact_url(uri)}",
+        f"training [bold]{escape(sweep.name)}[/bold] baseline on {escape(sweep.model.name_or_path)}; "
+        f"tracking at {escape(redact_url(uri))}",
         highlight=False,
+        markup=True,
     )
-    with stops_cleanly(), TrackedRun.start(uri, experiment_name(sweep), "train") as run:
-        trial_dir = Path(train_config.output_dir) / sweep.name / f"train-{run.run_id[:8]}"
-        record = run_trial(sweep, train_config, run, trial_dir, sweep_dir=file.parent)
+    from ftlab.training.loop import NonFiniteLossError
+
+    try:
+        with stops_cleanly(), TrackedRun.start(uri, experiment_name(sweep), "train") as run:
+            run.ending = _train_ending
+            trial_dir = Path(train_config.output_dir) / sweep.name / f"train-{run.run_id[:8]}"
+            record = run_trial(sweep, train_config, run, trial_dir, sweep_dir=file.parent)
+    except NonFiniteLossError as error:
+        # The settings' failure, not a wrong input: exit 1 as a failing sweep does (2 is for files and values).
+        err_console.print(
+            f"[bold red]error:[/bold red] training diverged: {escape(str(error))}. "
+            f"Its MLflow run {run.run_id} is FAILED; "
+            "lower learning_rate (or raise warmup, lower max_grad_norm) and train again.",
+            highlight=False,
+            soft_wrap=True,
+            markup=True,
+        )
+        raise typer.Exit(1) from None
     assert record.eval_loss is not None and record.tokens_seen is not None and record.seconds
     table = Table(title=f"{sweep.name}: one trial", show_header=False)
     table.add_row("eval/loss", f"{record.eval_loss:.4f}")
@@ -195,7 +255,20 @@ def train_command(
     table.add_row("MLflow run", run.run_id)
     table.add_row("model", str(record.model_dir))
     console.print(table)
-    console.print(f"See it in the MLflow UI: mlflow ui --backend-store-uri {redact_url(uri)}", highlight=False)
+    hint = shell_command("mlflow", "ui", "--backend-store-uri", redact_url(uri))
+    console.print(f"See it in the MLflow UI: {hint}", highlight=False, markup=False)
+
+
+def _train_ending(error: BaseException) -> tuple[str, str]:
+    """How ``ftlab train``'s run ends on ``error``: a diverged loss FAILED with a "diverged: " reason, as a sweep
+    trial's; anything else as any run."""
+    from ftlab.record import DIVERGED_PREFIX
+    from ftlab.tracking import _ending_for
+    from ftlab.training.loop import NonFiniteLossError
+
+    if isinstance(error, NonFiniteLossError):
+        return "FAILED", f"{DIVERGED_PREFIX}{error}"
+    return _ending_for(error)
 
 
 StorageUrl = Annotated[
@@ -212,7 +285,7 @@ StorageUrl = Annotated[
 def _shown(url: str) -> str:
     """A URL for a hint to copy: as given, unless it holds a password (then redacted: put it back, or export
     FTLAB_STORAGE / use ~/.pgpass)."""
-    from ftlab.tracking import redact_url
+    from ftlab.errors import redact_url
 
     return redact_url(url)
 
@@ -232,11 +305,14 @@ def stops_cleanly() -> Iterator[None]:
 
     Here and not in ``main``: typer turns a KeyboardInterrupt into a silent exit 130 before ``main`` could see it.
     """
-    from ftlab.sweep.runner import MachineFaultError, PreemptedError, SweepFailingError
+    from ftlab.sweep.events import MachineFaultError, PreemptedError, SweepFailingError
 
     def stopped(what: str, error: Exception, then: str) -> typer.Exit:
         err_console.print(
-            f"[bold red]error:[/bold red] {what}: {escape(str(error))}. {then}", highlight=False, soft_wrap=True
+            f"[bold red]error:[/bold red] {what}: {escape(str(error))}. {then}",
+            highlight=False,
+            soft_wrap=True,
+            markup=True,
         )
         return typer.Exit(1)
 
@@ -255,8 +331,16 @@ def stops_cleanly() -> Iterator[None]:
         err_console.print("stopped by SIGTERM: the interrupted trials saved a checkpoint and will be retried")
         raise typer.Exit(143) from None
     except KeyboardInterrupt:
+        _said_interrupted.set()
         err_console.print("interrupted: finished trials are stored; run the same command again to resume")
         raise typer.Exit(130) from None
+
+
+def check_budget_options(n_trials: int | None, timeout: float | None) -> None:
+    """``--n-trials`` and ``--timeout`` checked before the trial server starts: a refusal must not wait for it."""
+    from ftlab.config import check_budget_options as check
+
+    check(n_trials, timeout)
 
 
 def start_trial_server() -> None:
@@ -273,37 +357,41 @@ def sweep(
         int | None, typer.Option("--n-trials", help="COMPLETE trials to reach in the study (overrides budget).")
     ] = None,
     timeout: Annotated[float | None, typer.Option("--timeout", help="Seconds after which no new trial starts.")] = None,
-    workers: Annotated[int, typer.Option("--workers", help="Trials at once on this machine (one per GPU).")] = 1,
+    workers: Annotated[int, typer.Option("--workers", help="Trials at once on this machine (one per GPU).", min=1)] = 1,
     storage: StorageUrl = None,
     tracking_uri: TrackingUri = None,
     accept_changes: AcceptChanges = False,
 ) -> None:
     """Run (or resume) an Optuna study around the baseline; every trial is a process and a nested MLflow run."""
+    check_budget_options(n_trials, timeout)
     start_trial_server()
     quiet_libraries()
+    from ftlab.sweep.options import SweepOptions
     from ftlab.sweep.orchestrate import run_sweep
     from ftlab.tracking import runs_page
 
+    options = SweepOptions(
+        n_trials=n_trials,
+        timeout=timeout,
+        workers=workers,
+        storage_url=storage,
+        tracking_uri=tracking_uri,
+        console=console,
+        accept_changes=accept_changes,
+    )
     with stops_cleanly():
-        outcome = run_sweep(
-            file,
-            n_trials=n_trials,
-            timeout=timeout,
-            workers=workers,
-            storage_url=storage,
-            tracking_uri=tracking_uri,
-            console=console,
-            accept_changes=accept_changes,
-        )
+        outcome = run_sweep(file, options)
     console.print(outcome.comparison.sentence() if outcome.comparison else "no trial completed", highlight=False)
     console.print(f"report: {outcome.report_dir} (also logged to MLflow run {outcome.parent_run_id})")
     # Hints that work as printed: with the storage and tracking store this sweep used.
-    options = (f" --storage {_shown(storage)}" if storage else "") + (
-        f" --tracking-uri {_shown(tracking_uri)}" if tracking_uri else ""
+    options = (["--storage", _shown(storage)] if storage else []) + (
+        ["--tracking-uri", _shown(tracking_uri)] if tracking_uri else []
     )
-    console.print(f"status: ftlab status {file}{options}", highlight=False, soft_wrap=True)
+    status_hint = shell_command("ftlab", "status", file, *options)
+    console.print(f"status: {status_hint}", highlight=False, soft_wrap=True, markup=False)
     page = runs_page(outcome.tracking_uri, outcome.experiment_id)
-    console.print(f"MLflow UI: ftlab ui {file}{options}  →  {page}", highlight=False, soft_wrap=True)
+    ui_hint = shell_command("ftlab", "ui", file, *options)
+    console.print(f"MLflow UI: {ui_hint}  →  {page}", highlight=False, soft_wrap=True, markup=False)
 
 
 @app.command()
@@ -325,69 +413,178 @@ def worker(
         int | None, typer.Option("--n-trials", help="COMPLETE trials the study should reach, across all workers.")
     ] = None,
     timeout: Annotated[float | None, typer.Option("--timeout", help="Seconds after which no new trial starts.")] = None,
-    workers: Annotated[int, typer.Option("--workers", help="Trials at once on this machine (one per GPU).")] = 1,
+    workers: Annotated[int, typer.Option("--workers", help="Trials at once on this machine (one per GPU).", min=1)] = 1,
     accept_changes: AcceptChanges = False,
     confirm_runs: Annotated[
         bool, typer.Option("--confirm", help="Take part in the sweep's confirmation (`ftlab confirm`) instead.")
     ] = False,
 ) -> None:
     """Join a shared study from any machine and run trials until its budget is spent."""
+    check_budget_options(n_trials, timeout)
     start_trial_server()
     quiet_libraries()
+    from ftlab.sweep.options import SweepOptions
     from ftlab.sweep.orchestrate import run_confirm, run_sweep
 
+    options = SweepOptions(
+        n_trials=n_trials,
+        timeout=timeout,
+        workers=workers,
+        storage_url=storage,
+        tracking_uri=tracking_uri,
+        console=console,
+        live=False,
+        seed_salt=secrets.randbits(32),  # workers must not draw alike
+        accept_changes=accept_changes,
+    )
     if confirm_runs:
         with stops_cleanly():
-            found = run_confirm(
-                file, workers=workers, storage_url=storage, tracking_uri=tracking_uri, console=console, live=False,
-                seed_salt=secrets.randbits(32), join_only=True,
-            )  # fmt: skip
+            found = run_confirm(file, options, join_only=True)
         _print_confirmation(found)
         return
     with stops_cleanly():
-        outcome = run_sweep(
-            file, n_trials=n_trials, timeout=timeout, workers=workers, storage_url=storage, tracking_uri=tracking_uri,
-            console=console, live=False, seed_salt=secrets.randbits(32),  # workers must not draw alike
-            accept_changes=accept_changes,
-        )  # fmt: skip
+        outcome = run_sweep(file, options)
     console.print(outcome.comparison.sentence() if outcome.comparison else "no trial completed")
+
+
+@launch_app.command("slurm")
+def launch_slurm_command(
+    file: SweepFile,
+    workers: Annotated[int, typer.Option("--workers", help="Worker tasks (a job array of this many tasks).")],
+    gpus_per_worker: Annotated[
+        int, typer.Option("--gpus-per-worker", help="GPUs per task (--gres=gpu:G); it runs G trials at once.")
+    ] = 0,
+    cpus_per_worker: Annotated[int, typer.Option("--cpus-per-worker", help="CPUs per task (--cpus-per-task).")] = 8,
+    partition: Annotated[
+        str | None, typer.Option("--partition", help="SLURM partition; default the cluster's.")
+    ] = None,
+    time: Annotated[
+        str | None, typer.Option("--time", help="Time limit per task (SLURM's forms: 30, 2:00:00, 1-12).")
+    ] = None,
+    n_trials: Annotated[
+        int | None, typer.Option("--n-trials", help="COMPLETE trials the study should reach (overrides budget).")
+    ] = None,
+    sbatch_arg: Annotated[
+        list[str] | None,
+        typer.Option("--sbatch-arg", help="Passed to sbatch as is (repeat it; e.g. --sbatch-arg=--mem=64G)."),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the job script; submit nothing.")] = False,
+    storage: StorageUrl = None,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(
+            "--tracking-uri",
+            envvar="FTLAB_TRACKING_URI",
+            help="The MLflow server the tasks use (or FTLAB_TRACKING_URI); default as `ftlab sweep`.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Submit the sweep's workers to SLURM: one array task per worker, each an `ftlab worker` on the shared study.
+    The URLs reach the tasks through the job's environment, never a command line."""
+    quiet_libraries()
+    from ftlab.launch.slurm import SlurmLaunch, default_ftlab_bin, launch_slurm, sbatch_command
+
+    sweep_file = file.resolve()
+    launch = SlurmLaunch(
+        sweep_file=sweep_file, sweep_name=_sweep_name(file), workers=workers, workdir=Path.cwd(),
+        gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker, partition=partition, time=time,
+        n_trials=n_trials, ftlab_bin=default_ftlab_bin(), sbatch_args=tuple(sbatch_arg or ()),
+    )  # fmt: skip
+    script, job = launch_slurm(sweep_file, launch, storage, tracking_uri, dry_run=dry_run)
+    if job is None:
+        print(script, end="")
+        err_console.print(f"# submit with: {' '.join(sbatch_command(launch, Path('SCRIPT')))}", highlight=False)
+        return
+    # The watch hint repeats a flag only where the environment would not give it again.
+    options = (f" --storage {_shown(storage)}" if storage and not os.environ.get("FTLAB_STORAGE") else "") + (
+        f" --tracking-uri {_shown(tracking_uri)}" if tracking_uri and not os.environ.get("FTLAB_TRACKING_URI") else ""
+    )
+    gpus = f"{gpus_per_worker} GPU(s)" if gpus_per_worker else "no GPU"
+    for line in (
+        f"submitted SLURM job {job.job_id}: {workers} worker tasks (array 0-{workers - 1}), each "
+        f"`ftlab worker {file}` with {cpus_per_worker} CPU(s), {gpus}",
+        f"script: {job.script}",
+        f"logs:   {job.as_attr()['logs']}",
+        f"watch:  ftlab status {file}{options}   (or: squeue -j {job.job_id})",
+        f"stop:   scancel {job.job_id}   (running trials checkpoint and are queued again)",
+    ):
+        console.print(line, highlight=False, soft_wrap=True)
+
+
+def _sweep_name(file: Path) -> str:
+    from ftlab.config import load_sweep
+
+    return load_sweep(file).name
 
 
 @app.command()
 def confirm(
     file: SweepFile,
-    top: Annotated[int, typer.Option("--top", help="Best configurations to confirm besides the baseline.")] = 3,
-    seeds: Annotated[int, typer.Option("--seeds", help="New training seeds per configuration.")] = 5,
-    workers: Annotated[int, typer.Option("--workers", help="Runs at once on this machine (one per GPU).")] = 1,
+    top: Annotated[int, typer.Option("--top", help="Best configurations to confirm besides the baseline.", min=1)] = 3,
+    seeds: Annotated[int, typer.Option("--seeds", help="New training seeds per configuration.", min=1)] = 5,
+    correction: Annotated[
+        CorrectionChoice,
+        typer.Option(
+            "--correction",
+            help="How the configurations are tested against the baseline at once: paired (t-test on the seeds each "
+            "shares with the baseline, Holm-corrected; the default: a seed's data order is the same for all), holm "
+            "(Welch's t-tests, Holm-corrected) or dunnett (Dunnett's many-to-one test, equal spreads assumed).",
+        ),
+    ] = CorrectionChoice.paired,
+    min_effect: Annotated[
+        float | None,
+        typer.Option(
+            "--min-effect",
+            help="Smallest relative difference worth having (0.01 = 1 % of the baseline's mean); a smaller one is "
+            "'not worth it' however significant.",
+        ),
+    ] = None,
+    workers: Annotated[int, typer.Option("--workers", help="Runs at once on this machine (one per GPU).", min=1)] = 1,
     storage: StorageUrl = None,
     tracking_uri: TrackingUri = None,
 ) -> None:
     """Train the baseline and the sweep's top configurations again with new seeds: is the winner's gain real or seed
-    noise? Resumable: runs already done are not repeated; `ftlab worker --confirm` processes can help."""
+    noise? Resumable: runs already done are not repeated; `ftlab worker --confirm` processes can help. Exits 1 when
+    planned runs are still without a result."""
     start_trial_server()
     quiet_libraries()
+    from ftlab.sweep.options import SweepOptions
     from ftlab.sweep.orchestrate import run_confirm
 
+    options = SweepOptions(workers=workers, storage_url=storage, tracking_uri=tracking_uri, console=console)
     with stops_cleanly():
         found = run_confirm(
-            file, top=top, seeds=seeds, workers=workers, storage_url=storage, tracking_uri=tracking_uri,
-            console=console,
-        )  # fmt: skip
+            file,
+            options,
+            top=top,
+            seeds=seeds,
+            correction=correction,
+            min_effect=min_effect,  # type: ignore[arg-type]
+        )
     _print_confirmation(found)
+    if found is not None and not found.complete:
+        raise typer.Exit(1)
 
 
 def _print_confirmation(found: Confirmation | None) -> None:
-    """The confirmation table and its verdict."""
+    """What was confirmed and why, one table per objective, the verdict, and what is missing."""
     if found is None:
         console.print("no confirmation run has completed yet")
         return
-    table = Table(title=f"confirmation over seeds {found.seeds} ({found.metric}, {found.direction})")
-    for column in found.COLUMNS:
-        table.add_column(column, overflow="fold")
-    for cells in found.table_rows():
-        table.add_row(*cells)
-    console.print(table)
+    if found.selection:
+        console.print(f"confirmed: {found.selection}", highlight=False)
+    for objective in range(len(found.metrics)):
+        table = Table(title=found.title(objective))
+        for column in found.COLUMNS:
+            table.add_column(column, overflow="fold")
+        for cells in found.table_rows(objective):
+            table.add_row(*cells)
+        console.print(table)
     console.print(found.sentence(), highlight=False)
+    if found.missing:
+        runs = ", ".join(f"trial {trial} seed {seed}" for trial, seed in found.missing)
+        console.print(f"missing: {runs}\nto finish: {found.finish}", highlight=False)
 
 
 @app.command()
@@ -401,9 +598,11 @@ def status(
     tracking_uri: TrackingUri = None,
 ) -> None:
     """Every trial's state, params, objective and duration, and the best against the baseline."""
+    from ftlab.launch.slurm_tasks import launched_jobs
+    from ftlab.record import TrialRecord
     from ftlab.sweep.confirm import load_confirmation
-    from ftlab.sweep.orchestrate import open_sweep_study, reap_sweep
-    from ftlab.sweep.record import TrialRecord
+    from ftlab.sweep.orchestrate import reap_sweep
+    from ftlab.sweep.study import open_sweep_study
     from ftlab.sweep.summary import compare, format_value, status_json
 
     if reap:
@@ -411,8 +610,10 @@ def status(
     sweep_config, study = open_sweep_study(file, storage)
     metric = sweep_config.objectives[0].metric
     confirmed = load_confirmation(sweep_config, storage)
+    jobs = launched_jobs(study, sweep_config.storage.grace_period)
     if as_json:
         shown = status_json(study, metric) | {"confirmation": confirmed.as_json() if confirmed else None}
+        shown |= {"slurm_jobs": [job.as_json() for job in jobs]} if jobs else {}
         console.print_json(json.dumps(shown, default=str))
         return
     table = Table(title=f"study {study.study_name}")
@@ -425,18 +626,31 @@ def status(
         value = row.values[0] if row.values else None
         table.add_row(
             f"{row.number}" + (" (baseline)" if row.baseline else ""),
-            row.state,
+            row.outcome,
             format_value(value),
             format_value(row.perplexity),
             f"{row.duration_s:.0f} s" if row.duration_s is not None else "-",
             ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.params.items()),
-            (row.reason or "")[:60],
+            row.detail[:60],
         )
     console.print(table)
+    _print_slurm_jobs(jobs)
     comparison = compare(study, metric)
     console.print(comparison.sentence() if comparison else "no trial has completed yet")
     if confirmed is not None:
         _print_confirmation(confirmed)
+
+
+def _print_slurm_jobs(jobs: list[JobStatus]) -> None:
+    """The tasks of the jobs `ftlab launch slurm` submitted for this sweep, and trials left by tasks that died."""
+    from ftlab.launch.slurm_tasks import job_table
+
+    for job in jobs:
+        console.print(job_table(job))
+        for warning in job.warnings:
+            err_console.print(
+                f"[bold yellow]warning:[/bold yellow] {escape(warning)}", highlight=False, soft_wrap=True, markup=True
+            )
 
 
 @app.command()
@@ -458,22 +672,25 @@ def best(
     register: Annotated[
         str | None, typer.Option("--register", help="With --export: a Model Registry name; alias `champion`.")
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help="With --export: overwrite a non-empty folder.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="With --export: replace an earlier export (never another folder).")
+    ] = False,
     storage: StorageUrl = None,
     tracking_uri: TrackingUri = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """The best trial against the baseline; with --export, the winner as a verified Hugging Face model directory."""
     quiet_libraries()
-    from ftlab.export.best import select_best
+    from ftlab.export.best import select_best, ui_command
     from ftlab.sweep.confirm import load_confirmation
-    from ftlab.sweep.orchestrate import open_sweep_study, tracking_uri_for
+    from ftlab.sweep.study import open_sweep_study
+    from ftlab.tracking import tracking_uri_for
 
     if register and export is None:
         raise UserError.single("--register needs --export DIR", where="--register", fix="add --export DIR")
     sweep_config, study = open_sweep_study(file, storage)
     uri = tracking_uri_for(sweep_config, tracking_uri)
-    winner = select_best(study, sweep_config, str(file)).as_json(uri)
+    winner = select_best(study, sweep_config, str(file)).as_json() | {"ui": ui_command(uri)}
     confirmed = load_confirmation(sweep_config, storage)
     winner["confirmation"] = confirmed.as_json() if confirmed else None
     if export is not None:
@@ -490,10 +707,12 @@ def best(
         console.print_json(json.dumps(winner, default=str))
         return
     _print_best(winner)
+    console.print(f"Browse the runs and charts: ftlab ui {file}", highlight=False)
     if confirmed is not None:
         _print_confirmation(confirmed)
     else:
-        console.print(f"Is the gain more than seed noise? ftlab confirm {file}", highlight=False)
+        hint = shell_command("ftlab", "confirm", file)
+        console.print(f"Is the gain more than seed noise? {hint}", highlight=False, markup=False)
 
 
 def _print_best(winner: dict[str, Any]) -> None:
@@ -530,38 +749,61 @@ def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
+_DASHBOARD_PORT = 8080  # optuna-dashboard's own default, named so that the two UIs' ports are both in view
+
+
 @app.command()
 def ui(
     file: Annotated[Path | None, typer.Argument(help="A sweep file: open its tracking store.")] = None,
-    port: Annotated[int, typer.Option(help="Port for the MLflow UI.")] = 5000,
+    port: Annotated[int, typer.Option(help="Port for the MLflow UI.", min=1, max=65535)] = 5000,
     tracking_uri: TrackingUri = None,
     storage: StorageUrl = None,
 ) -> None:
     """Start the MLflow UI on the sweep's store (localhost only) and say how to open optuna-dashboard on its study."""
     from ftlab import paths
     from ftlab.config import load_sweep
-    from ftlab.sweep.orchestrate import tracking_uri_for
-    from ftlab.sweep.study import storage_url_for
-    from ftlab.tracking import experiment_name, redact_url, runs_page
+    from ftlab.errors import redact_url
+    from ftlab.storage import sqlite_file, storage_url_for
+    from ftlab.tracking import experiment_name, runs_page, tracking_uri_for
 
-    sweep_config = load_sweep(file, resolve_demo=False) if file else None
+    sweep_config = load_sweep(file) if file else None
     uri = tracking_uri_for(sweep_config, tracking_uri) if sweep_config else tracking_uri or paths.default_tracking_uri()
-    database = paths.sqlite_file(uri)
+    database = sqlite_file(uri)
     if database is not None and not database.is_file():  # mlflow ui would create an empty store: say what is missing
         raise UserError.single(
             "no MLflow store here yet", where=str(database), fix="run a sweep first, or pass --tracking-uri"
         )
+    if not uri.startswith(("http://", "https://")):
+        _check_port_free(port)
     ui_address = uri if uri.startswith(("http://", "https://")) else f"http://127.0.0.1:{port}"
     if sweep_config is not None:
         from mlflow import MlflowClient
 
         experiment = MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment_name(sweep_config))
         if experiment is not None:
-            console.print(f"The sweep's runs: {runs_page(uri, experiment.experiment_id, ui_address)}", highlight=False)
+            objective = sweep_config.objectives[0]
+            page = runs_page(
+                uri,
+                experiment.experiment_id,
+                ui_address,
+                order_by_metric=f"final/{objective.metric}",
+                ascending=objective.direction == "minimize",
+            )
+            # soft_wrap: a URL broken over two lines cannot be copied or clicked.
+            console.print(
+                f"The sweep's runs, best final/{objective.metric} first: {page}", highlight=False, soft_wrap=True
+            )
+            console.print(
+                "Charts: to compare trials of different batch sizes, set a chart's x axis to the metric "
+                "train/tokens_seen (the parent run's charts count complete trials on theirs).",
+                highlight=False,
+                soft_wrap=True,
+            )
         study_storage = storage_url_for(sweep_config, storage)
         console.print(
-            f"Optuna dashboard for the study (needs `pip install 'ftlab[dashboard]'`, which `make setup` includes): "
-            f"optuna-dashboard {redact_url(study_storage)}",
+            "Optuna dashboard for the study (needs `pip install 'ftlab[dashboard]'`, which `make setup` includes): "
+            + shell_command("optuna-dashboard", redact_url(study_storage), "--port", str(_DASHBOARD_PORT))
+            + f", then open http://127.0.0.1:{_DASHBOARD_PORT} (each trial's note links its MLflow run)",
             highlight=False,
             soft_wrap=True,
             markup=False,  # `[dashboard]` is text, not rich markup
@@ -575,12 +817,37 @@ def ui(
     os.execv(command[0], command)
 
 
+def _check_port_free(port: int) -> None:
+    """Say now that the port is taken, rather than let the MLflow UI fail later with a server's traceback."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as error:
+            raise UserError.single(
+                f"port {port} on 127.0.0.1 is not free ({error.strerror or error})",
+                where="--port",
+                value=port,
+                fix="stop what is using it, or pass another port, e.g. --port 5001",
+            ) from None
+
+
+_said_interrupted = threading.Event()  # a command said what Ctrl-C left behind
+
+
 def main() -> None:
-    """Console-script entry point: user errors become a message and exit code 2."""
+    """Console-script entry point: user errors become a message and exit code 2; Ctrl-C exits 130 with one line."""
     try:
         _run()
     except SystemExit as done:
+        # typer turns a KeyboardInterrupt outside `stops_cleanly` (while a command starts) into a silent exit 130.
+        if done.code == 130 and not _said_interrupted.is_set():
+            err_console.print("interrupted: the command stopped before it started any trial", highlight=False)
         _exit_without_teardown(done.code)
+    except KeyboardInterrupt:  # outside typer: while it parses the command line
+        err_console.print("interrupted: nothing was done", highlight=False)
+        _exit_without_teardown(130)
 
 
 def _exit_without_teardown(code: object) -> NoReturn:
@@ -601,29 +868,54 @@ def _exit_without_teardown(code: object) -> NoReturn:
     os._exit(code if isinstance(code, int) else 0 if code is None else 1)
 
 
+def _refused_write(error: BaseException) -> str | None:
+    """A write that a folder refused (read-only, permissions) or found no room for, as one line with the fix: the
+    last safety net of every command, after the checks each makes before it starts."""
+    from ftlab.fileio import NoSpaceError
+    from ftlab.folders import refused_write
+
+    if isinstance(error, NoSpaceError):
+        return f"{error}; make room (or raise `ulimit -f`) and run the command again"
+    if refused := refused_write(error):
+        return f"{refused}; make that folder writable for this user and run the command again"
+    return None
+
+
 def _run() -> None:
     try:
         app()
     except UserError as error:
         # User text (values, paths, YAML excerpts) is printed as it is: `[...]` in it is not rich markup.
-        err_console.print(f"[bold red]error:[/bold red] {escape(str(error))}", highlight=False, soft_wrap=True)
+        err_console.print(
+            f"[bold red]error:[/bold red] {escape(str(error))}", highlight=False, soft_wrap=True, markup=True
+        )
         sys.exit(2)
     except Exception as error:
-        from ftlab.sweep.resilience import RECONNECT_TIMEOUT_S, is_connection_loss
-        from ftlab.tracking import redact_url
+        from ftlab.errors import redact_url
+        from ftlab.storage import RECONNECT_TIMEOUT_S, is_connection_loss
 
+        if (refused := _refused_write(error)) is not None:
+            err_console.print(
+                f"[bold red]error:[/bold red] {escape(refused)}", highlight=False, soft_wrap=True, markup=True
+            )
+            sys.exit(2)
         if not is_connection_loss(error):
             raise
         cause = str(error.__cause__ or error).strip().splitlines()[0]
         err_console.print(
             f"[bold red]error:[/bold red] lost the database connection (retried for up to "
-            f"{RECONNECT_TIMEOUT_S:.0f} s): {redact_url(cause)}. Finished trials are stored; run the same command "
+            f"{RECONNECT_TIMEOUT_S:.0f} s): {escape(redact_url(cause))}. "
+            "Finished trials are stored; run the same command "
             "again once the database is back to resume.",
             highlight=False,
             soft_wrap=True,
+            markup=True,
         )
         sys.exit(1)
 
+
+if _IMPORTING_HANDLED:  # imported: from here on Ctrl-C is a KeyboardInterrupt, handled by each command
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 if __name__ == "__main__":
     main()

@@ -11,11 +11,12 @@ import difflib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ftlab.errors import MISSING, ConfigError, Problem
+from ftlab.figures import FINAL_METRICS
 from ftlab.paths import DATA_CACHE_DIR, TRIALS_DIR
+from ftlab.yamlfile import load_yaml
 
 
 class StrictModel(BaseModel):
@@ -55,11 +56,17 @@ class DataConfig(StrictModel):
     validation_fraction: float = Field(default=0.05, gt=0, lt=1)
     """Share of the documents held out for validation when the data has no validation split."""
     split_seed: int = 0
-    """Seed of that validation split, so that every trial sees the same one."""
+    """Seed of the validation (and holdout) split, so that every trial sees the same one."""
+    holdout_fraction: float = Field(default=0.0, ge=0, lt=1)
+    """Share of the documents cut out as a holdout split that no sweep trial trains or is evaluated on; only
+    ``ftlab confirm`` evaluates its runs' final models there, so that its verdict is free of the bias of choosing on
+    the validation split. Cut by document with ``split_seed`` from the training documents, after the validation split
+    (which is the same as without a holdout). 0 (the default): no holdout. Set it before the sweep runs: a change is a
+    change of the data, which a started sweep refuses."""
     max_train_blocks: int | None = Field(default=None, ge=1)
     """Keep at most this many training blocks (for quick sweeps)."""
     max_eval_blocks: int | None = Field(default=None, ge=1)
-    """Keep at most this many validation blocks."""
+    """Keep at most this many validation blocks (and as many holdout blocks)."""
     cache_dir: str = str(DATA_CACHE_DIR)
     """Where tokenized, packed splits are cached, keyed by a fingerprint of source, tokenizer and settings."""
 
@@ -113,6 +120,12 @@ class TrainConfig(StrictModel):
     checkpoint."""
     use_cpu: bool = False
     """Train on the CPU even where a GPU is present."""
+    nproc_per_node: int = Field(default=1, ge=1)
+    """Processes per trial, as torchrun's ``--nproc-per-node``: one GPU each (gloo processes sharing the CPU without
+    one). The effective batch is per_device_train_batch_size × gradient_accumulation_steps × nproc_per_node."""
+    fsdp: Literal["", "full_shard"] = ""
+    """As in TrainingArguments: ``full_shard`` shards weights, gradients and optimizer state over the trial's
+    processes (FSDP2, for models that do not fit one device); empty: each process holds a replica (DDP)."""
     gradient_checkpointing: bool = False
     torch_compile: bool = False
     """Compile each decoder block with torch.compile (seconds of warm-up; measure it with benchmarks/gpu_xl)."""
@@ -125,12 +138,14 @@ class TrainConfig(StrictModel):
             raise ValueError("can't set both `warmup_ratio` and `warmup_steps`; choose one")
         if self.eval_steps is not None and self.eval_tokens is not None:
             raise ValueError("can't set both `eval_steps` and `eval_tokens`; choose one")
+        if self.fsdp and self.nproc_per_node == 1:
+            raise ValueError("`fsdp` shards over the trial's processes: set `nproc_per_node` to 2 or more")
         return self
 
     @property
     def total_train_batch_size(self) -> int:
-        """Sequences per optimizer step on one device (micro-batch × accumulation)."""
-        return self.per_device_train_batch_size * self.gradient_accumulation_steps
+        """Sequences per optimizer step over all of the trial's processes (micro-batch × accumulation × processes)."""
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps * self.nproc_per_node
 
 
 TRAIN_KEYS: frozenset[str] = frozenset(TrainConfig.model_fields)
@@ -209,8 +224,18 @@ def _infer_param_type(spec: Any) -> Any:
 
 
 class ObjectiveConfig(StrictModel):
-    metric: Literal["eval/loss", "eval/perplexity", "cost/device_hours"] = "eval/loss"
+    metric: str = "eval/loss"
+    """A final metric of a trial, by the name in :data:`ftlab.figures.FINAL_METRICS`."""
     direction: Literal["minimize", "maximize"] = "minimize"
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        if value not in FINAL_METRICS:
+            close = difflib.get_close_matches(value, list(FINAL_METRICS), n=1)
+            hint = f"did you mean `{close[0]}`?" if close else f"use one of: {', '.join(FINAL_METRICS)}"
+            raise ValueError(f"`{value}` is not a final metric ftlab records; {hint}")
+        return value
 
 
 class SamplerConfig(StrictModel):
@@ -245,6 +270,28 @@ class BudgetConfig(StrictModel):
     does not count."""
 
 
+def check_budget_options(n_trials: int | None, timeout: float | None) -> None:
+    """``--n-trials`` and ``--timeout`` under the rules of ``budget.n_trials`` and ``budget.timeout`` in a file.
+
+    Raises:
+        ConfigError: a value the file's budget block would refuse, named by its option.
+    """
+    try:
+        BudgetConfig(n_trials=n_trials, timeout=timeout)
+    except ValidationError as error:
+        raise ConfigError(
+            [
+                Problem(
+                    item["msg"],
+                    f"--{str(item['loc'][0]).replace('_', '-')}",
+                    value=item.get("input"),
+                    fix="leave it out to use the sweep file's budget, or pass a number above 0",
+                )
+                for item in error.errors()
+            ]
+        ) from None
+
+
 class TrackingConfig(StrictModel):
     uri: str | None = None
     """MLflow tracking URI; unset means ``MLFLOW_TRACKING_URI`` or, failing that, ``./mlruns``."""
@@ -254,13 +301,19 @@ class TrackingConfig(StrictModel):
     """Which models reach MLflow: each finished trial's final model (best), every checkpoint too (all), or none."""
 
 
+# A trial is failed once its heartbeat is this many intervals late at the least: a worker busy for a moment (a
+# checkpoint, a slow storage write) must not have its live trials failed and retried under it.
+MIN_HEARTBEATS_PER_GRACE = 3
+
+
 class StorageConfig(StrictModel):
     url: str | None = None
     """Optuna storage URL; unset means SQLite under ``./mlruns``."""
     heartbeat_interval: int = Field(default=10, ge=1)
     """Seconds between a running trial's heartbeats."""
     grace_period: int = Field(default=60, ge=2)
-    """Seconds without a heartbeat after which any worker marks a trial failed and retries it once."""
+    """Seconds without a heartbeat after which any worker marks a trial failed and retries it once; at least
+    ``MIN_HEARTBEATS_PER_GRACE`` (3) heartbeat intervals."""
 
 
 class SweepConfig(StrictModel):
@@ -292,7 +345,7 @@ class SweepConfig(StrictModel):
     @classmethod
     def _objective_list(cls, value: Any) -> Any:
         if isinstance(value, str):
-            return [ObjectiveConfig(metric=value)]  # type: ignore[arg-type]
+            return [ObjectiveConfig(metric=value)]
         if isinstance(value, ObjectiveConfig):
             return [value]
         return value
@@ -339,6 +392,7 @@ def _cross_checks(config: SweepConfig, source: str) -> list[Problem]:
                 fix=f"remove `total_train_batch_size` or {', '.join(sorted(batch_keys))}",
             )
         )
+    problems += _heartbeat_checks(config.storage, source)
     if len(config.objectives) > 1 and config.pruner.name != "none":
         problems.append(
             Problem(
@@ -357,6 +411,23 @@ def _cross_checks(config: SweepConfig, source: str) -> list[Problem]:
             )
         )
     return problems
+
+
+def _heartbeat_checks(storage: StorageConfig, source: str) -> list[Problem]:
+    """A grace period of fewer than a few heartbeats fails live trials (and then cannot record their result)."""
+    if storage.grace_period >= MIN_HEARTBEATS_PER_GRACE * storage.heartbeat_interval:
+        return []
+    return [
+        Problem(
+            f"`storage.grace_period` ({storage.grace_period} s) must be at least {MIN_HEARTBEATS_PER_GRACE} heartbeat "
+            f"intervals (`storage.heartbeat_interval` = {storage.heartbeat_interval} s): a shorter one fails trials "
+            "that are still running",
+            f"{source}:storage.grace_period",
+            value=storage.grace_period,
+            fix=f"set `grace_period` to {MIN_HEARTBEATS_PER_GRACE * storage.heartbeat_interval} or more, or lower "
+            "`heartbeat_interval`",
+        )
+    ]
 
 
 def _format_validation_error(error: ValidationError, source: str) -> list[Problem]:
@@ -400,22 +471,22 @@ def parse_sweep(data: Any, source: str = "<sweep>") -> SweepConfig:
     return config
 
 
-def load_sweep(path: str | Path, *, resolve_demo: bool = True) -> SweepConfig:
-    """Read and validate a sweep file, and turn its ``demo://`` names into local paths (building the demo once;
-    ``resolve_demo=False`` leaves them, for commands that never touch the model or data, such as ``ftlab ui``).
+def load_sweep(path: str | Path) -> SweepConfig:
+    """Read and validate a sweep file. ``demo://`` names stay as written: commands that train or read the model and
+    data resolve them with :func:`ftlab.demo.load_sweep_with_assets`.
 
     Raises:
-        ConfigError: the file is missing, is not YAML, or does not match the schema (all problems listed).
-        UserError: a ``demo://`` name that is no demo asset.
+        ConfigError: the file is missing, is not YAML, gives a key twice, or does not match the schema (all problems
+            listed).
     """
-    from ftlab.demo import resolve_demo_uris  # lazily: `import ftlab.config` stays cheap
-
     path = Path(path)
     if not path.is_file():
-        raise ConfigError.single("sweep file not found", where=str(path), fix="check the path")
+        from ftlab.filekind import not_a_file_message
+
+        raise ConfigError.single(not_a_file_message(path, "sweep file"), where=str(path), fix="name a YAML sweep file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
         raise ConfigError.single(f"not valid YAML: {error}", where=str(path), fix="fix the YAML syntax") from None
-    sweep = parse_sweep(data, str(path))
-    return resolve_demo_uris(sweep, source=str(path)) if resolve_demo else sweep
+    data = load_yaml(text, str(path))
+    return parse_sweep(data, str(path))

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from filelock import Timeout
 
+from ftlab.config import SweepConfig, load_sweep
 from ftlab.errors import UserError
 from ftlab.fileio import atomic_write_json, build_once
 from ftlab.paths import demo_dir
@@ -38,7 +39,6 @@ if TYPE_CHECKING:  # torch and transformers are imported only when building, so 
     from tokenizers import Tokenizer
     from transformers import GPT2LMHeadModel
 
-    from ftlab.config import SweepConfig
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +160,17 @@ def resolve_demo_uris(sweep: SweepConfig, *, source: str | None = None) -> Sweep
     )
 
 
+def load_sweep_with_assets(path: str | Path) -> SweepConfig:
+    """The sweep file (:func:`ftlab.config.load_sweep`) with its ``demo://`` names turned into local paths, for the
+    commands that train or read the model and data.
+
+    Raises:
+        ConfigError: the file cannot be read or does not match the schema.
+        UserError: a ``demo://`` name that is no demo asset.
+    """
+    return resolve_demo_uris(load_sweep(path), source=str(path))
+
+
 def _check_known(value: str, where: str | None = None) -> None:
     if value not in _ASSET_FIELDS:
         raise UserError.single(
@@ -183,10 +194,12 @@ def ensure_demo_assets(force: bool = False) -> DemoAssets:
         The asset paths, the seconds this call spent, and whether it built them.
 
     Raises:
-        UserError: another process has held the build lock for over ten minutes.
+        UserError: another process has held the build lock for over ten minutes, or ``FTLAB_HOME/demo`` holds
+            something ftlab did not build (it is never replaced).
     """
     start = time.perf_counter()
     root = demo_dir()
+    _check_own(root)
     try:
         # A complete build is found without a lock and without importing torch: the common case.
         built = build_once(root, _build, _is_complete, force=force, lock_timeout=_LOCK_TIMEOUT_S)
@@ -205,6 +218,19 @@ def ensure_demo_assets(force: bool = False) -> DemoAssets:
     if built:
         logger.info("Built the ftlab demo assets in %s in %.1f s", root, assets.seconds)
     return assets
+
+
+def _check_own(root: Path) -> None:
+    """A build replaces ``root``: only ever a folder an earlier build made (any recipe: its marker file is there)."""
+    if not root.exists() and not root.is_symlink():
+        return
+    if root.is_dir() and not root.is_symlink() and ((root / MARKER_FILENAME).is_file() or not any(root.iterdir())):
+        return
+    raise UserError.single(
+        "the demo assets' folder exists but was not built by ftlab; it is not replaced",
+        where=str(root),
+        fix="move it away, or set FTLAB_HOME to a folder of ftlab's own (default ~/.cache/ftlab)",
+    )
 
 
 def _is_complete(root: Path) -> bool:

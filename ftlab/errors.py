@@ -7,6 +7,7 @@ Anything else is a bug in ftlab and keeps its traceback.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,3 +63,8 @@ class CardError(UserError):
 
 class DataError(UserError):
     """Training data that cannot be used: missing, empty, undecodable or too short."""
+
+
+def redact_url(url: str) -> str:
+    """Hide the password in ``scheme://user:password@host/...`` URLs, for anything a person or a log will read."""
+    return re.sub(r"(?<=://)([^:/@]+):[^@/]*@", r"\1:***@", url)

@@ -7,6 +7,7 @@ that fails (a crash, a full disk) leaves no temporary file behind.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -104,7 +105,8 @@ def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(NotADirectoryError):  # a file where its folder should be: nothing was created
+            path.unlink(missing_ok=True)
 
 
 @contextmanager

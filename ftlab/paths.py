@@ -26,6 +26,7 @@ STUDY_DB = "optuna.db"
 MLFLOW_DB = "mlflow.db"
 ARTIFACTS_DIR = "artifacts"
 CHECKPOINT_FILE = "checkpoint.pt"  # the resumable training state inside a trial's folder
+SHARDED_CHECKPOINT_DIR = "checkpoint"  # the same for a trial of several processes: one shard per process
 
 
 def ftlab_home() -> Path:
@@ -54,40 +55,6 @@ def default_tracking_uri(root: Path | None = None) -> str:
     if uri := os.environ.get("MLFLOW_TRACKING_URI"):
         return uri
     return f"sqlite:///{store_dir(root) / MLFLOW_DB}"
-
-
-def sqlite_file(url: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URL (Optuna's or MLflow's), None for any other URL."""
-    return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
-
-
-def journal_file(url: str) -> Path | None:
-    """The log file of a ``journal:///`` URL (Optuna's JournalStorage on a shared filesystem), None for any other URL.
-
-    Slashes as in ``sqlite:///``: ``journal:///study.log`` is relative to the current folder, ``journal:////nfs/
-    study.log`` absolute.
-    """
-    return Path(url.removeprefix("journal:///")) if url.startswith("journal:///") else None
-
-
-def grpc_address(url: str) -> tuple[str, int] | None:
-    """``(host, port)`` of a ``grpc://HOST:PORT`` URL (Optuna's gRPC storage proxy), None for any other URL.
-
-    Raises:
-        ValueError: a ``grpc://`` URL without a numeric port.
-    """
-    if not url.startswith("grpc://"):
-        return None
-    host, _, port = url.removeprefix("grpc://").rstrip("/").rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"a gRPC storage URL is grpc://HOST:PORT, but got {url!r}")
-    return host, int(port)
-
-
-def local_artifact_root(tracking_uri: str) -> str | None:
-    """For a local SQLite tracking store, artifacts go beside it; a tracking server decides for itself."""
-    database = sqlite_file(tracking_uri)
-    return str(database.parent / ARTIFACTS_DIR) if database is not None else None
 
 
 def trial_dir(output_dir: str | Path, sweep_name: str, number: int) -> Path:

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from ftlab.config import TRAIN_KEYS, SweepConfig, TrainConfig
 from ftlab.errors import ConfigError, Problem
+from ftlab.yamlfile import load_scalar
 
 
 def baseline_settings(sweep: SweepConfig, sweep_dir: Path) -> dict[str, Any]:
@@ -41,13 +42,22 @@ def parse_set_options(assignments: list[str]) -> dict[str, Any]:
                 value=assignment,
                 fix=f"use one of: {', '.join(sorted(TRAIN_KEYS))}",
             )
-        overrides[key] = _scalar(raw)
+        try:
+            overrides[key] = _scalar(raw)
+        except yaml.YAMLError as error:
+            raise ConfigError.single(
+                f"the value is not a YAML scalar ({str(error).splitlines()[0]})",
+                where=f"--set {key}",
+                value=raw,
+                fix="quote it, e.g. --set 'key=\"text\"', or write a number or true/false",
+            ) from None
     return overrides
 
 
 def _scalar(raw: str) -> Any:
-    """A YAML scalar, except that ``1e-4`` is a float (YAML 1.1 wants ``1.0e-4``, users don't)."""
-    value = yaml.safe_load(raw)
+    """A YAML scalar as a sweep file reads it (``1e-4`` a float, see :mod:`ftlab.yamlfile`); other text that Python
+    reads as a float (``inf``) is one too."""
+    value = load_scalar(raw)
     if isinstance(value, str):
         try:
             return float(value)

@@ -10,18 +10,19 @@ a training step.
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
+from urllib.parse import quote, urlparse
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 
 from ftlab import paths
 from ftlab.config import SweepConfig
+from ftlab.errors import redact_url
 from ftlab.fileio import naming_space_errors
 from ftlab.training.callbacks import TrainingCallback, TrainPlan
 
@@ -43,11 +44,6 @@ _REASON_LIMIT = 5000
 _ASYNC_BUFFERING = ("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "5")
 
 
-def redact_url(url: str) -> str:
-    """Hide the password in ``scheme://user:password@host/...`` URLs, for anything a person or a log will read."""
-    return re.sub(r"(?<=://)([^:/@]+):[^@/]*@", r"\1:***@", url)
-
-
 def param_value(value: Any) -> str:
     """A setting as MLflow shows it: floats to 6 significant digits (a sampled learning rate is 0.00106440, not
     0.0010643958537253), everything else as its text."""
@@ -67,11 +63,56 @@ def flatten(settings: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def runs_page(tracking_uri: str, experiment_id: str, ui: str = "http://127.0.0.1:5000") -> str:
-    """The address of an experiment's runs table. MLflow 3 opens an experiment on its GenAI traces page; the table of
-    runs needs ``workflowType=machine_learning``. ``ui`` is where ``mlflow ui`` serves a local store."""
-    base = redact_url(tracking_uri) if tracking_uri.startswith(("http://", "https://")) else ui
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+def tracking_uri_for(sweep: SweepConfig, override: str | None = None) -> str:
+    """``--tracking-uri``, else the sweep file's ``tracking.uri``, else ``MLFLOW_TRACKING_URI`` or ``./mlruns``."""
+    return override or sweep.tracking.uri or paths.default_tracking_uri()
+
+
+def tracking_store_files(tracking_uri: str) -> list[Path]:
+    """The files on this machine behind an MLflow tracking URI: a SQLite store and its artifacts folder, a ``file:``
+    or plain-path store; none for a tracking server."""
+    if tracking_uri.startswith("sqlite:///"):
+        database = Path(tracking_uri.removeprefix("sqlite:///"))
+        return [database, database.parent / paths.ARTIFACTS_DIR]
+    parsed = urlparse(tracking_uri)
+    if parsed.scheme == "file":
+        return [Path(parsed.path)]
+    if not parsed.scheme or len(parsed.scheme) == 1:  # a plain path (MLflow's file store), or a Windows drive
+        return [Path(tracking_uri)]
+    return []
+
+
+def local_artifact_root(tracking_uri: str) -> str | None:
+    """For a local SQLite tracking store, artifacts go beside it; a tracking server decides for itself."""
+    files = tracking_store_files(tracking_uri) if tracking_uri.startswith("sqlite:///") else []
+    return str(files[1]) if files else None
+
+
+def _ui_base(tracking_uri: str, ui: str) -> str:
+    return (redact_url(tracking_uri) if tracking_uri.startswith(("http://", "https://")) else ui).rstrip("/")
+
+
+def runs_page(
+    tracking_uri: str,
+    experiment_id: str,
+    ui: str = "http://127.0.0.1:5000",
+    order_by_metric: str | None = None,
+    ascending: bool = True,
+) -> str:
+    """The address of an experiment's runs table, sorted by ``order_by_metric`` if given. MLflow 3 opens an experiment
+    on its GenAI traces page; the table of runs needs ``workflowType=machine_learning``. ``ui`` is where ``mlflow ui``
+    serves a local store."""
+    page = f"{_ui_base(tracking_uri, ui)}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    if order_by_metric:
+        # The runs table reads its sort from these two query parameters (what clicking a column header writes).
+        key = quote(f"metrics.`{order_by_metric}`", safe="")
+        page += f"&orderByKey={key}&orderByAsc={str(ascending).lower()}"
+    return page
+
+
+def run_page(tracking_uri: str, run_id: str, ui: str = "http://127.0.0.1:5000") -> str:
+    """The address of one run's page (MLflow's ``#/runs/<id>`` finds its experiment itself)."""
+    return f"{_ui_base(tracking_uri, ui)}/#/runs/{run_id}"
 
 
 def experiment_name(sweep: SweepConfig) -> str:
@@ -85,7 +126,7 @@ def get_or_create_experiment(client: MlflowClient, name: str) -> str:
     if experiment is not None:
         return experiment.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=paths.local_artifact_root(client.tracking_uri))
+        return client.create_experiment(name, artifact_location=local_artifact_root(client.tracking_uri))
     except Exception:  # another worker created it between our two calls
         experiment = client.get_experiment_by_name(name)
         if experiment is None:

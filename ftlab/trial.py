@@ -6,7 +6,9 @@ run (a :class:`~ftlab.tracking.TrackedRun`, which ends it FINISHED, KILLED or FA
 
 from __future__ import annotations
 
+import functools
 import platform
+import shutil
 import subprocess
 import threading
 from collections.abc import Sequence
@@ -23,12 +25,13 @@ from ftlab.config import SweepConfig, TrainConfig
 from ftlab.data import prepare_data
 from ftlab.errors import DataError
 from ftlab.fileio import atomic_path
-from ftlab.sweep.record import TrialRecord
+from ftlab.record import TrialRecord
 from ftlab.tracking import MlflowCallback, TrackedRun, flatten
 from ftlab.training.callbacks import CallbackList, TrainingCallback, TrainResult
-from ftlab.training.faults import fault_callbacks
+from ftlab.training.group import GroupTraining, train_in_group
 from ftlab.training.loop import NotEnoughDataError, train
 from ftlab.training.oom import OomRetry, with_oom_retry
+from ftlab.training.plugins import extra_callbacks_from_env
 from ftlab.training.runtime import Runtime
 
 
@@ -86,6 +89,11 @@ def trial_params(sweep: SweepConfig, train_config: TrainConfig, with_sweep_setti
     return params
 
 
+def _sharded(resume_from: Path | None) -> Path | None:
+    """A retried trial's predecessor's sharded checkpoint, beside where its single-process one would be."""
+    return Path(resume_from).with_name(paths.SHARDED_CHECKPOINT_DIR) if resume_from is not None else None
+
+
 def run_trial(
     sweep: SweepConfig,
     train_config: TrainConfig,
@@ -97,6 +105,7 @@ def run_trial(
     resume_from: Path | None = None,
     stop_requested: threading.Event | None = None,
     nested: bool = False,
+    holdout: bool = False,
 ) -> TrialRecord:
     """Run one fine-tuning trial into ``run`` and ``trial_dir``; its COMPLETE record (objective values unset).
 
@@ -104,13 +113,23 @@ def run_trial(
     is kept), down to a micro-batch of 1; the run's tags say so. Errors propagate: ``run`` decides how they end it.
 
     ``nested``: the run is a sweep's trial, whose parent run holds the model and data settings.
+    ``holdout``: the run is one of ``ftlab confirm``'s on data with a holdout split; its final model is evaluated
+    there too (``holdout/loss`` and ``holdout/perplexity`` in the record's metrics). Sweep trials never are.
 
     Raises:
-        DataError: the data cannot be used (before any training starts).
+        DataError: the data cannot be used (before any training starts), or has no holdout split to evaluate on.
     """
     runtime = Runtime.for_config(train_config)
     tokenizer = load_tokenizer(sweep)
     data = prepare_data(sweep.data, tokenizer, base_dir=sweep_dir)
+    holdout_blocks = data.holdout_tensor() if holdout else None
+    if holdout and holdout_blocks is None:
+        raise DataError.single(
+            "this confirmation run is to be evaluated on the holdout split, but the data has none",
+            where="data.holdout_fraction",
+            value=sweep.data.holdout_fraction,
+            fix="put `data.holdout_fraction` back as the confirmation started with",
+        )
     trial_dir.mkdir(parents=True, exist_ok=True)
     # MLflow params are immutable: the sampled settings are logged once; what an OOM retry changed becomes tags.
     run.log_params(trial_params(sweep, train_config, with_sweep_settings=not nested))
@@ -130,11 +149,29 @@ def run_trial(
     config_file = trial_dir / "config.yaml"
     config_file.write_text(yaml.safe_dump(resolved_config(sweep, train_config), sort_keys=False))
     run.log_artifact(config_file)
+    extra_callbacks = extra_callbacks_from_env()  # test-only fault injection, when FTLAB_TRAINING_CALLBACKS names it
 
-    def attempt(config: TrainConfig) -> tuple[torch.nn.Module, TrainResult, TrainConfig]:
+    def attempt(config: TrainConfig) -> tuple[torch.nn.Module | None, TrainResult, TrainConfig]:
+        if config.nproc_per_node > 1:
+            job = GroupTraining(
+                load_model=functools.partial(load_model, sweep),
+                train_blocks=data.train_tensor(),
+                validation_blocks=data.validation_tensor(),
+                config=config,
+                runtime=runtime,
+                best_model_dir=trial_dir / "best",
+                checkpoint_path=trial_dir / paths.SHARDED_CHECKPOINT_DIR,
+                resume_from=_sharded(resume_from),
+                final_model_dir=trial_dir / "final",
+                cpu_threads=torch.get_num_threads(),
+                holdout_blocks=holdout_blocks,
+            )
+            # Rank 0's hooks run here, relayed; rank 0 writes the model.
+            hooks = CallbackList([MlflowCallback(run), *callbacks])
+            return None, train_in_group(job, hooks, stop_requested), config
         transformers.set_seed(config.seed)
         model = load_model(sweep, runtime)
-        hooks = CallbackList([MlflowCallback(run), *callbacks, *fault_callbacks(model)])
+        hooks = CallbackList([MlflowCallback(run), *callbacks, *extra_callbacks(model)])
         try:
             result = train(
                 model,
@@ -147,6 +184,7 @@ def run_trial(
                 checkpoint_path=trial_dir / paths.CHECKPOINT_FILE,
                 resume_from=resume_from,
                 stop_requested=stop_requested,
+                holdout_blocks=holdout_blocks,
             )
         except NotEnoughDataError as error:
             raise DataError.single(str(error), where="data", fix="see the message") from None
@@ -161,24 +199,29 @@ def run_trial(
             }
         )
 
-    model, result, applied = with_oom_retry(attempt, train_config, on_retry=on_oom_retry)
+    try:
+        model, result, applied = with_oom_retry(attempt, train_config, on_retry=on_oom_retry)
+    except NotEnoughDataError as error:  # from a group's rank 0
+        raise DataError.single(str(error), where="data", fix="see the message") from None
     model_dir = trial_dir / "final"
-    with atomic_path(model_dir) as staging:
-        model.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
+    if model is None:  # a group's rank 0 wrote the whole model there
+        tokenizer.save_pretrained(model_dir)
+    else:
+        with atomic_path(model_dir) as staging:
+            model.save_pretrained(staging, safe_serialization=True)
+            tokenizer.save_pretrained(staging)
     if sweep.tracking.artifacts != "none":
         run.log_artifacts(model_dir, "model")
     if sweep.tracking.artifacts == "all" and (trial_dir / "best").is_dir():
         run.log_artifacts(trial_dir / "best", "checkpoints/best")
     (trial_dir / paths.CHECKPOINT_FILE).unlink(missing_ok=True)  # finished: nothing left to resume
-    run.log_metrics({"train/loss_mean": result.train_loss, "perf/train_seconds": result.seconds}, result.steps)
+    shutil.rmtree(trial_dir / paths.SHARDED_CHECKPOINT_DIR, ignore_errors=True)
+    figures = result.metrics
+    run.log_metrics({"train/loss_mean": figures["train/loss"], "perf/train_seconds": figures["perf/train_seconds"]},
+                    result.steps)  # fmt: skip
     return TrialRecord(
         state="COMPLETE",
-        eval_loss=result.eval_loss,
-        perplexity=result.eval_perplexity,
-        train_loss=result.train_loss,
-        tokens_seen=result.tokens_seen,
-        seconds=result.seconds,
+        metrics=dict(figures),
         device=runtime.describe(),
         model_dir=str(model_dir),
         data_fingerprint=data.fingerprint,

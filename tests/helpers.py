@@ -1,9 +1,10 @@
-"""Helpers for tests that run the real ``ftlab`` CLI on the tiny demo model."""
+"""Helpers for tests that run the real ``ftlab`` CLI on the tiny demo model. The small sweep file lives in
+:mod:`tests.support.sweeps`, which the benchmarks share; it is re-exported here for the tests."""
 
 from __future__ import annotations
 
 import contextlib
-import copy
+import dataclasses
 import io
 import os
 import subprocess
@@ -12,49 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import yaml
 from mlflow import MlflowClient
 
-# A sweep small enough for a few seconds per trial on two cores: the demo model on a slice of the demo text.
-SMALL_SWEEP: dict[str, Any] = {
-    "name": "small",
-    "model": {"name_or_path": "demo://tiny-gpt2"},
-    "data": {
-        "train_files": ["demo://pydoc-topics.txt"],
-        "block_size": 64,
-        "validation_fraction": 0.1,
-        "max_train_blocks": 256,
-        "max_eval_blocks": 16,
-    },
-    "baseline": {
-        "learning_rate": 1e-3,
-        "per_device_train_batch_size": 4,
-        "per_device_eval_batch_size": 16,
-        "gradient_accumulation_steps": 2,
-        "warmup_ratio": 0.1,
-    },
-    "train": {"num_train_epochs": 1, "eval_tokens": 4096, "logging_steps": 4, "seed": 7},
-    "search": {
-        "learning_rate": {"factor": [0.3, 3]},
-        "total_train_batch_size": {"choices": [8, 16]},
-    },
-    "sampler": {"name": "random", "seed": 0},
-    "pruner": {"name": "none"},
-    "budget": {"n_trials": 3},
-}
-
-
-def write_sweep(folder: Path, **changes: Any) -> Path:
-    """SMALL_SWEEP with top-level keys replaced (a None value removes the key), as ``folder/sweep.yaml``."""
-    sweep = copy.deepcopy(SMALL_SWEEP)
-    for key, value in changes.items():
-        if value is None:
-            sweep.pop(key, None)
-        else:
-            sweep[key] = value
-    path = folder / "sweep.yaml"
-    path.write_text(yaml.safe_dump(sweep, sort_keys=False))
-    return path
+from tests.support.sweeps import SMALL_SWEEP as SMALL_SWEEP  # re-exported for the tests
+from tests.support.sweeps import write_sweep as write_sweep
 
 
 def run_ftlab(
@@ -99,7 +61,8 @@ def environment(changes: dict[str, str] | None) -> Iterator[None]:
 
 
 def sweep_in_process(folder: Path, *, env: dict[str, str] | None = None, **options: Any) -> Any:
-    """``ftlab sweep folder/sweep.yaml`` as the library call the CLI makes (``run_sweep``), in this process.
+    """``ftlab sweep folder/sweep.yaml`` as the library call the CLI makes (``run_sweep``), in this process;
+    ``options`` are :class:`~ftlab.sweep.options.SweepOptions` fields.
 
     Trials still run in processes of their own, forked from the trials' fork server; in this process that server
     (torch and transformers imported) starts once for the whole test session instead of once per sweep. Each trial
@@ -110,19 +73,25 @@ def sweep_in_process(folder: Path, *, env: dict[str, str] | None = None, **optio
     return _in_process(run_sweep, folder, env, options)
 
 
-def confirm_in_process(folder: Path, *, env: dict[str, str] | None = None, **options: Any) -> Any:
+def confirm_in_process(folder: Path, *, env: dict[str, str] | None = None, **arguments: Any) -> Any:
     """``ftlab confirm folder/sweep.yaml`` as the library call the CLI makes (``run_confirm``), in this process (as
-    :func:`sweep_in_process`)."""
+    :func:`sweep_in_process`); ``arguments`` are :class:`~ftlab.sweep.options.SweepOptions` fields and
+    ``run_confirm``'s own keywords (``top``, ``seeds``, ``configurations``...)."""
     from ftlab.sweep.orchestrate import run_confirm
 
-    return _in_process(run_confirm, folder, env, options)
+    return _in_process(run_confirm, folder, env, arguments)
 
 
-def _in_process(command: Any, folder: Path, env: dict[str, str] | None, options: dict[str, Any]) -> Any:
+def _in_process(command: Any, folder: Path, env: dict[str, str] | None, arguments: dict[str, Any]) -> Any:
     from rich.console import Console
 
     from ftlab.console import quiet_libraries
+    from ftlab.sweep.options import SweepOptions
 
+    fields = {field.name for field in dataclasses.fields(SweepOptions)}
+    options = SweepOptions(
+        console=Console(file=io.StringIO()), live=False, **{k: v for k, v in arguments.items() if k in fields}
+    )
     quiet_libraries()
     with contextlib.chdir(folder), environment(env):
-        return command(folder / "sweep.yaml", console=Console(file=io.StringIO()), live=False, **options)
+        return command(folder / "sweep.yaml", options, **{k: v for k, v in arguments.items() if k not in fields})

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import POSTGRES_SERVER_URL, postgres_database
+from tests.support.services import POSTGRES_SERVER_URL, postgres_database
 from tests.test_benchmarks_cpu import run_benchmark
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.services]

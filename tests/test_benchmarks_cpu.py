@@ -91,3 +91,18 @@ def test_sweep_efficiency_dry_run_writes_an_unpruned_copy(tmp_path: Path) -> Non
         assert unpruned[key] == demo[key], key
     for variant in (pruned, unpruned):
         load_sweep(variant["file"])  # both files are valid sweeps, as the benchmark would run them
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_trial_group_quick_compares_two_processes_with_one(tmp_path: Path) -> None:
+    output = tmp_path / "trial_group.json"
+    result = run_benchmark("trial_group", "--quick", "--output", str(output), timeout=300)
+
+    assert json.loads(output.read_text()) == result
+    assert set(result["runs"]) == {"1 process", "2 processes, ddp", "2 processes, fsdp"}
+    for name, figures in result["runs"].items():
+        assert figures["wall_s"] > 0 and figures["step_ms"] > 0, name
+        if name != "1 process":  # the same training: losses equal to float32 rounding
+            assert figures["eval_loss_rel_diff"] < 1e-5 and figures["train_loss_rel_diff"] < 1e-5, figures
+    assert set(result["ratios_to_1_process"]) == {"2 processes, ddp", "2 processes, fsdp"}

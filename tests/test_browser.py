@@ -1,7 +1,7 @@
 """What a user sees after a sweep, in a real browser: MLflow's runs table and chart, optuna-dashboard's study page.
 
 A tier of its own (``make test-browser``, or ``pytest -m browser``): a sweep run with the real CLI, ``ftlab ui`` on its
-store, optuna-dashboard on its study, and a headless Chromium driven over the DevTools protocol (``tests/browser.py``).
+store, optuna-dashboard on its study, and Debian's headless Chromium driven by Playwright (``tests/chromium.py``).
 Chromium is found on PATH or installed with apt-get when running as root; without it the tests skip and say why.
 
 Each test keeps its screenshot under its tmp_path. To refresh the ones in ``docs/images/`` (shown in the README), run
@@ -33,10 +33,13 @@ import pytest
 import yaml
 from mlflow.entities import Run
 from PIL import Image
+from playwright.sync_api import Browser, Locator, Page, expect
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
-from tests.browser import Browser, BrowserError, by_text, find_chromium, serve
+from tests.chromium import find_chromium, launch
 from tests.helpers import local_client, run_ftlab, write_sweep
-from tests.services import MLFLOW_SERVER_ENV, free_port
+from tests.support.services import MLFLOW_SERVER_ENV, free_port
+from tests.webapps import serve
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.integration]
 
@@ -50,7 +53,7 @@ OBJECTIVE = "eval/loss"
 TOKENS = "train/tokens_seen"
 EVAL_LOSS_COLUMN = f"metrics.`{OBJECTIVE}`"
 RUN_NAME_COLUMN = "attributes.`Run Name`"
-PAGE_TIMEOUT_S = 60
+PAGE_TIMEOUT_MS = 60_000
 MLFLOW_CHART_RUNS = 10  # MLflow's charts draw the first 10 runs the run list shows
 
 
@@ -138,12 +141,16 @@ def mlflow_ui(sweep: FinishedSweep) -> Iterator[MlflowUi]:
         timeout=300,
     ):
         printed = log_path.read_text()  # printed before the exec, so complete once the UI answers
-        runs_page = re.search(r"^The sweep's runs: (\S+)$", printed, re.MULTILINE)
-        command = re.search(r"optuna-dashboard (\S+)$", printed, re.MULTILINE)
+        runs_page = re.search(rf"^The sweep's runs, best final/{OBJECTIVE} first: (\S+)$", printed, re.MULTILINE)
+        command = re.search(r"optuna-dashboard (\S+) --port", printed, re.MULTILINE)
         assert runs_page and command, f"`ftlab ui` printed no runs page or optuna-dashboard command:\n{printed}"
         assert "pip install 'ftlab[dashboard]'" in printed  # the hint as users copy it, not eaten as markup
         base_url = f"http://127.0.0.1:{port}"
-        assert runs_page[1] == f"{base_url}/#/experiments/{sweep.experiment_id}/runs?workflowType=machine_learning"
+        assert runs_page[1] == (
+            f"{base_url}/#/experiments/{sweep.experiment_id}/runs?workflowType=machine_learning"
+            f"&orderByKey={urllib.parse.quote(f'metrics.`final/{OBJECTIVE}`', safe='')}&orderByAsc=true"
+        )
+        assert f"x axis to the metric {TOKENS}" in printed and "--port 8080" in printed
         yield MlflowUi(base_url, runs_page[1], command[1])
 
 
@@ -172,17 +179,28 @@ def dashboard(sweep: FinishedSweep, mlflow_ui: MlflowUi) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def browser(chromium: str) -> Iterator[Browser]:
-    with Browser(chromium, width=1600, height=1000) as fresh:
-        yield fresh
+    with launch(chromium) as started:
+        yield started
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    """A fresh tab (own cookies and storage) the size of the README's screenshots."""
+    context = browser.new_context(viewport={"width": 1600, "height": 1000}, device_scale_factor=1)
+    context.set_default_timeout(PAGE_TIMEOUT_MS)
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
 
 
 # --- the tests --------------------------------------------------------------------------------------------------------
 
 
 def test_runs_table_shows_the_sweep_with_its_trials_and_eval_loss(
-    sweep: FinishedSweep, mlflow_ui: MlflowUi, browser: Browser, tmp_path: Path
+    sweep: FinishedSweep, mlflow_ui: MlflowUi, page: Page, tmp_path: Path
 ) -> None:
     parent_id = sweep.parent.info.run_id
     names = [run.info.run_name for run in sweep.children.values()]
@@ -190,25 +208,22 @@ def test_runs_table_shows_the_sweep_with_its_trials_and_eval_loss(
     assert "trial-000-baseline" in names
     assert all(re.fullmatch(r"trial-\d{3}(-baseline)?", name) for name in names), names
 
-    open_runs_page(browser, mlflow_ui)
-    browser.wait_for(
-        f"document.querySelector({json.dumps(cell_selector(parent_id, RUN_NAME_COLUMN) + ' a')})?.innerText.trim()"
-        f" === {json.dumps(sweep.parent.info.run_name)}",
-        PAGE_TIMEOUT_S,
-        what=f"the sweep's parent run {sweep.parent.info.run_name!r} in the runs table",
-    )
-    folded = grid_rows(browser)
+    # MLflow's own order (newest first) folds the trials under the sweep's run. (First: the page keeps a sort it was
+    # given for the rest of its visit.)
+    open_runs_page(page, mlflow_ui, sorted_by_objective=False)
+    parent_link = page.locator(f"{cell_selector(parent_id, RUN_NAME_COLUMN)} a").first
+    expect(parent_link).to_have_text(sweep.parent.info.run_name, use_inner_text=True, timeout=PAGE_TIMEOUT_MS)
+    folded = grid_rows(page)
     assert set(folded) == {parent_id}, "the trials' runs are not folded under the sweep's run"
-    expand_parent(browser, parent_id, sweep.children)
+    expand_parent(page, parent_id, sweep.children)
 
-    browser.click(by_text("Columns", "button"))
-    show_column(browser, "Dataset", shown=False)  # empty for ftlab's runs; it pushes eval/loss off the screen
-    browser.click("document.querySelector('input[placeholder=\"Search columns\"]')")
-    browser.type(OBJECTIVE)
-    show_column(browser, OBJECTIVE, shown=True)
-    browser.press("Escape")
+    by_text(page, "Columns", "button").click()
+    show_column(page, "Dataset", shown=False)  # empty for ftlab's runs; it pushes eval/loss off the screen
+    page.get_by_placeholder("Search columns").fill(OBJECTIVE)
+    show_column(page, OBJECTIVE, shown=True)
+    page.keyboard.press("Escape")
 
-    rows = grid_rows(browser)
+    rows = grid_rows(page)
     assert set(rows) == {parent_id, *sweep.children}, "the runs table shows other runs than the sweep's"
     assert rows[parent_id][RUN_NAME_COLUMN] == sweep.parent.info.run_name
     for run_id, run in sweep.children.items():
@@ -216,11 +231,25 @@ def test_runs_table_shows_the_sweep_with_its_trials_and_eval_loss(
         shown = rows[run_id].get(EVAL_LOSS_COLUMN, "")
         assert re.fullmatch(r"\d+\.\d+", shown), f"{run.info.run_name}: {OBJECTIVE} cell shows {shown!r}"
         assert float(shown) == pytest.approx(run.data.metrics[OBJECTIVE], rel=1e-4), (run.info.run_name, shown)
-    keep_screenshot(browser, "mlflow_runs.png", tmp_path)
+    keep_screenshot(page, "mlflow_runs.png", tmp_path)
+
+    # The page `ftlab ui` printed lists the runs best first: every run with a final/eval/loss in its order, then the
+    # rest (the sweep's own run, pruned trials). MLflow lists runs flat when they are sorted by a metric.
+    open_runs_page(page, mlflow_ui)
+    expect(page.locator(f"{cell_selector(parent_id, RUN_NAME_COLUMN)} a").first).to_be_attached()
+    listed = [run_id for run_id, _ in sorted(grid_rows(page).items(), key=lambda row: int(row[1]["row-index"]))]
+    final = {
+        run_id: run.data.metrics[f"final/{OBJECTIVE}"]
+        for run_id, run in sweep.children.items()
+        if f"final/{OBJECTIVE}" in run.data.metrics
+    }
+    assert len(final) >= 2, "the sweep has too few complete trials to check an order"
+    assert set(listed) == {parent_id, *sweep.children}
+    assert listed[: len(final)] == sorted(final, key=final.__getitem__), "the printed runs page is not best first"
 
 
 def test_eval_loss_against_tokens_seen_has_one_point_per_fidelity_point(
-    sweep: FinishedSweep, mlflow_ui: MlflowUi, browser: Browser, tmp_path: Path
+    sweep: FinishedSweep, mlflow_ui: MlflowUi, page: Page, tmp_path: Path
 ) -> None:
     # The data, as the UI fetches it: one train/tokens_seen per step, and an eval/loss at each fidelity point.
     histories: dict[str, list[dict[str, Any]]] = {}
@@ -244,29 +273,26 @@ def test_eval_loss_against_tokens_seen_has_one_point_per_fidelity_point(
             )
 
     # The chart, as drawn: eval/loss against train/tokens_seen for the runs shown.
-    open_runs_page(browser, mlflow_ui, view="CHART")
-    expand_parent(browser, sweep.parent.info.run_id, sweep.children)
-    browser.click("document.querySelector('button[aria-label=\"Configure charts\"]')")
-    browser.click(by_text("Metric", "[role=menu] *"))
-    browser.choose(by_text(TOKENS, "[role=menuitemcheckbox]"))
-    browser.click("document.querySelector('input[placeholder=\"Search metric charts\"]')")
-    browser.type(OBJECTIVE)
+    open_runs_page(page, mlflow_ui, view="CHART", sorted_by_objective=False)
+    expand_parent(page, sweep.parent.info.run_id, sweep.children)
+    page.locator('button[aria-label="Configure charts"]').click()
+    by_text(page, "Metric", "[role=menu] *").click()
+    # Chosen as the keyboard would (its click handler, no mouse move): a submenu closes when the pointer leaves the row
+    # that opened it other than straight into the submenu, which a synthetic mouse jump does not do reliably.
+    by_text(page, TOKENS, "[role=menuitemcheckbox]").dispatch_event("click")
+    page.get_by_placeholder("Search metric charts").fill(OBJECTIVE)
     # Charts render as they scroll into view; MLflow sections them by the metric's prefix.
-    browser.evaluate(f"({by_text(OBJECTIVE.split('/')[0])})?.scrollIntoView({{block: 'start'}})")
-    browser.click(chart_card_button(OBJECTIVE, "fullscreen"))
-    dialog = (
-        f"[...document.querySelectorAll('[role=dialog]')].find(d => d.innerText.startsWith({json.dumps(OBJECTIVE)}))"
-    )
-    plot = f"{dialog}?.querySelector('.js-plotly-plot')"
-    browser.wait_for(
-        f"{plot}?.querySelector('.xtitle')?.textContent === {json.dumps(TOKENS)}",
-        PAGE_TIMEOUT_S,
-        what=f"the {OBJECTIVE} chart with {TOKENS} on its x axis",
-    )
+    section = by_text(page, OBJECTIVE.split("/")[0])
+    if section.count():
+        section.evaluate("title => title.scrollIntoView({block: 'start'})")
+    chart_card_button(page, OBJECTIVE, "fullscreen").click()
+    dialog = page.get_by_role("dialog").filter(has_text=re.compile(f"^{re.escape(OBJECTIVE)}"))
+    plot = dialog.locator(".js-plotly-plot").first
+    expect(plot.locator(".xtitle").first).to_have_text(TOKENS, timeout=PAGE_TIMEOUT_MS)
     # Each run is drawn twice: its line with markers, and a faded copy under it that takes no hover (the unsmoothed
     # line; for a single point, a faded marker).
-    traces = browser.evaluate(
-        f"{plot}.data.filter(t => t.hoverinfo !== 'skip')"
+    traces = plot.evaluate(
+        "plot => plot.data.filter(t => t.hoverinfo !== 'skip')"
         ".map(t => ({name: t.name, x: Array.from(t.x), y: Array.from(t.y)}))"
     )
     drawn = [trace["name"] for trace in traces]
@@ -282,11 +308,11 @@ def test_eval_loss_against_tokens_seen_has_one_point_per_fidelity_point(
         assert trace["x"] == sorted(fidelity), f"{name}: drawn at {trace['x']}, fidelity points {sorted(fidelity)}"
         expected = [fidelity[at] for at in sorted(fidelity)]
         assert trace["y"] == pytest.approx(expected, rel=1e-6), f"{name}: drawn {trace['y']}, reported {expected}"
-    keep_screenshot(browser, "mlflow_chart.png", tmp_path)
+    keep_screenshot(page, "mlflow_chart.png", tmp_path)
 
 
 def test_optuna_dashboard_shows_the_study_and_its_trials(
-    sweep: FinishedSweep, dashboard: str, browser: Browser, tmp_path: Path
+    sweep: FinishedSweep, dashboard: str, page: Page, tmp_path: Path
 ) -> None:
     name = sweep.study.study_name
     with urllib.request.urlopen(f"{dashboard}/api/studies", timeout=30) as response:
@@ -294,116 +320,191 @@ def test_optuna_dashboard_shows_the_study_and_its_trials(
     (study_id,) = [summary["study_id"] for summary in summaries if summary["study_name"] == name]
     best = sweep.study.best_trial
 
-    browser.open(f"{dashboard}/dashboard/studies/{study_id}")
-    browser.wait_for(
-        f"document.body.innerText.includes({json.dumps(f'{name} (id={study_id})')})"
-        f" && document.body.innerText.includes({json.dumps(f'Best Trial (number={best.number})')})",
-        PAGE_TIMEOUT_S,
-        what=f"the study page of {name!r} with its best trial #{best.number}",
-    )
+    page.goto(f"{dashboard}/dashboard/studies/{study_id}")
+    body = page.locator("body")
+    expect(body).to_contain_text(f"{name} (id={study_id})", use_inner_text=True, timeout=PAGE_TIMEOUT_MS)
+    expect(body).to_contain_text(f"Best Trial (number={best.number})", use_inner_text=True, timeout=PAGE_TIMEOUT_MS)
     # The history plot's y axis names the objective (ftlab sets the study's metric names), not "Objective Value".
-    history = "document.querySelector('.js-plotly-plot')"
-    browser.wait_for(
-        f"{history}?.querySelectorAll('.scatterlayer .trace').length > 0"
-        f" && {history}.querySelector('.ytitle')?.textContent === {json.dumps(OBJECTIVE)}",
-        PAGE_TIMEOUT_S,
-        what=f"the study's history plot of {OBJECTIVE}",
-    )
-    keep_screenshot(browser, "optuna_dashboard.png", tmp_path)
+    history = page.locator(".js-plotly-plot").first
+    expect(history.locator(".scatterlayer .trace").first).to_be_attached(timeout=PAGE_TIMEOUT_MS)
+    expect(history.locator(".ytitle").first).to_have_text(OBJECTIVE, timeout=PAGE_TIMEOUT_MS)
+    keep_screenshot(page, "optuna_dashboard.png", tmp_path)
 
-    browser.open(f"{dashboard}/dashboard/studies/{study_id}/trials")
+    page.goto(f"{dashboard}/dashboard/studies/{study_id}/trials")
     numbers = {trial.number for trial in sweep.study.get_trials(deepcopy=False)}
-    browser.wait_for(
-        f"document.body.innerText.includes({json.dumps(f'{len(numbers)} Trials')})",
-        PAGE_TIMEOUT_S,
-        what=f"the trial list's heading: {len(numbers)} Trials",
+    expect(body).to_contain_text(f"{len(numbers)} Trials", use_inner_text=True, timeout=PAGE_TIMEOUT_MS)
+    assert set(listed_trials(page)) == numbers
+
+
+REGISTERED = "browser-best"
+
+
+@pytest.fixture(scope="module")
+def confirmed_and_registered(sweep: FinishedSweep) -> tuple[Run, str]:
+    """``ftlab confirm`` (the baseline and the best trial, two seeds each) and ``ftlab best --export --register`` on
+    the sweep: the confirm parent run, and the registered model's name."""
+    result = run_ftlab("confirm", str(sweep.file), "--top", "1", "--seeds", "2", cwd=sweep.folder, timeout=3600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # Progress lines name the sweep's trial and the seed, not the confirmation study's own trial numbers.
+    assert re.search(r"^sweep trial \d+ \(baseline\), seed \d+ started: ", result.stdout, re.MULTILINE), result.stdout
+    out = sweep.folder / "exported"
+    result = run_ftlab(
+        "best",
+        str(sweep.file),
+        "--export",
+        str(out),
+        "--force",
+        "--register",
+        REGISTERED,
+        cwd=sweep.folder,
+        timeout=1800,
     )
-    assert set(listed_trials(browser)) == numbers
+    assert result.returncode == 0, result.stdout + result.stderr
+    client = local_client(sweep.folder)
+    (confirm,) = [
+        run for run in client.search_runs([sweep.experiment_id], max_results=1000) if run.info.run_name == "confirm"
+    ]
+    return confirm, REGISTERED
+
+
+def test_the_confirm_parent_run_reads_as_a_confirmation_with_its_verdict(
+    sweep: FinishedSweep, mlflow_ui: MlflowUi, confirmed_and_registered: tuple[Run, str], page: Page, tmp_path: Path
+) -> None:
+    confirm, _ = confirmed_and_registered
+    tags = confirm.data.tags
+    assert tags["ftlab.role"] == "confirm" and tags["ftlab.verdict"]
+    page.goto(f"{mlflow_ui.base_url}/#/experiments/{sweep.experiment_id}/runs/{confirm.info.run_id}")
+    close_assistant(page)
+    body = page.locator("body")
+    expect(body).to_contain_text(
+        f"The confirmation of sweep {sweep.study.study_name}", use_inner_text=True, timeout=PAGE_TIMEOUT_MS
+    )
+    expect(body).to_contain_text(tags["ftlab.verdict"], use_inner_text=True, timeout=PAGE_TIMEOUT_MS)
+    expect(body).to_contain_text("ftlab.role", use_inner_text=True, timeout=PAGE_TIMEOUT_MS)
+    expect(body).not_to_contain_text("an Optuna study", use_inner_text=True)
+    baseline_trial = tags["ftlab.baseline_trial"]
+    assert f"confirm/trial_{baseline_trial}/mean" in confirm.data.metrics
+    keep_screenshot(page, "mlflow_confirm.png", tmp_path)
+
+
+def test_the_registered_model_page_describes_the_model_and_its_version(
+    sweep: FinishedSweep, mlflow_ui: MlflowUi, confirmed_and_registered: tuple[Run, str], page: Page, tmp_path: Path
+) -> None:
+    _, name = confirmed_and_registered
+    client = local_client(sweep.folder)
+    model = client.get_registered_model(name)
+    version = client.get_model_version_by_alias(name, "champion")
+    trial_run = client.get_run(version.tags["ftlab.trial_run_id"])
+    assert trial_run.data.tags["mlflow.parentRunId"] == sweep.parent.info.run_id
+    assert "max_new_tokens" not in trial_run.data.params, "the trial's run was reopened to log the model"
+    assert "confirm.verdict" in version.tags
+    body = page.locator("body")
+    page.goto(f"{mlflow_ui.base_url}/#/models/{name}")
+    close_assistant(page)
+    expect(body).to_contain_text(model.description[:60], use_inner_text=True, timeout=PAGE_TIMEOUT_MS)
+    expect(body).to_contain_text("ftlab.objective", use_inner_text=True, timeout=PAGE_TIMEOUT_MS)
+    keep_screenshot(page, "mlflow_registered_model.png", tmp_path)
+    page.goto(f"{mlflow_ui.base_url}/#/models/{name}/versions/{version.version}")
+    expect(body).to_contain_text(version.description[:60], use_inner_text=True, timeout=PAGE_TIMEOUT_MS)
+    expect(body).to_contain_text("Confirmation over new seeds", use_inner_text=True, timeout=PAGE_TIMEOUT_MS)
 
 
 # --- how a user finds things in the MLflow UI -------------------------------------------------------------------------
 
 
-def open_runs_page(browser: Browser, ui: MlflowUi, view: str = "TABLE") -> None:
-    """The runs page ``ftlab ui`` printed, as a table or as charts."""
-    browser.open(f"{ui.runs_page}&{urllib.parse.urlencode({'compareRunsMode': view})}")
-    browser.wait_for("!!document.querySelector('.ag-row')", PAGE_TIMEOUT_S, what="the runs table")
-    close_assistant(browser)
+def open_runs_page(page: Page, ui: MlflowUi, view: str = "TABLE", sorted_by_objective: bool = True) -> None:
+    """The runs page ``ftlab ui`` printed, as a table or as charts; without its sort, the experiment's page as MLflow
+    opens it (newest first), where child runs nest under their parent (sorted by a metric, MLflow lists runs flat)."""
+    url = ui.runs_page if sorted_by_objective else re.sub(r"&orderBy(Key|Asc)=[^&]*", "", ui.runs_page)
+    page.goto(f"{url}&{urllib.parse.urlencode({'compareRunsMode': view})}")
+    page.locator(".ag-row").first.wait_for(state="attached")
+    close_assistant(page)
 
 
-def close_assistant(browser: Browser, appears_within: float = 5) -> None:
+def close_assistant(page: Page, appears_within_ms: float = 5_000) -> None:
     """Close the MLflow Assistant side panel (MLflow >= 3.6; it covers a third of the page) if it opens."""
-    close_button = "document.querySelector('button[data-component-id=\"mlflow.assistant.chat_panel.close\"]')"
+    close_button = page.locator('button[data-component-id="mlflow.assistant.chat_panel.close"]')
     try:
-        browser.wait_for(f"!!{close_button}", appears_within)
-    except BrowserError:
+        close_button.wait_for(state="attached", timeout=appears_within_ms)
+    except PlaywrightTimeoutError:
         return
-    browser.click(close_button)
-    browser.wait_for(f"!{close_button}", PAGE_TIMEOUT_S, what="the MLflow Assistant panel to close")
+    close_button.click()
+    close_button.wait_for(state="detached")
 
 
-def expand_parent(browser: Browser, parent_id: str, children: dict[str, Run]) -> None:
+def expand_parent(page: Page, parent_id: str, children: dict[str, Run]) -> None:
     """Click the parent run's ⊞ so that its child runs show under it."""
     # The ⊞ is the row's first button, in the table and in the chart view's run list alike.
-    browser.click(f"document.querySelector({json.dumps(f'.ag-row[row-id={json.dumps(parent_id)}] button')})")
+    page.locator(f".ag-row[row-id={json.dumps(parent_id)}] button").first.click()
     first = min(run.info.run_name for run in children.values())
-    browser.wait_for(
-        f"document.body.innerText.includes({json.dumps(first)})", PAGE_TIMEOUT_S, what=f"child run {first!r}"
-    )
+    expect(page.locator("body")).to_contain_text(first, use_inner_text=True, timeout=PAGE_TIMEOUT_MS)
 
 
-def chart_card_button(title: str, kind: str) -> str:
-    """A JavaScript expression for a button (``kind`` in its component id) on the chart card titled ``title``."""
+def chart_card_button(page: Page, title: str, kind: str) -> Locator:
+    """A button (``kind`` in its component id) on the chart card titled ``title``."""
     button = f"button[data-component-id*={json.dumps(kind)}]"
-    return (
-        f"(() => {{ let e = {by_text(title)}; while (e && !e.querySelector({json.dumps(button)})) e = e.parentElement;"
-        f" return e ? e.querySelector({json.dumps(button)}) : null; }})()"
+    # The card: the title's nearest ancestor (or itself) that holds such a button.
+    card = by_text(page, title).locator(
+        f"xpath=ancestor-or-self::*[.//button[contains(@data-component-id, '{kind}')]][1]"
     )
+    return card.locator(button).first
 
 
-def show_column(browser: Browser, name: str, shown: bool) -> None:
+def show_column(page: Page, name: str, shown: bool) -> None:
     """Tick or untick a column in the open "Columns" tree."""
-    node = by_text(name, '[role=dialog] [class*="-tree-title"]')
-    ticked = f"({node}).closest('[class*=\"-tree-treenode\"]').className.includes('checkbox-checked')"
-    browser.wait_for(f"!!({node})", PAGE_TIMEOUT_S, what=f"column {name!r} in the column chooser")
-    if browser.evaluate(ticked) != shown:
-        browser.click(node)
-        browser.wait_for(f"{ticked} === {json.dumps(shown)}", 10, what=f"column {name!r} {'on' if shown else 'off'}")
+    node = by_text(page, name, '[role=dialog] [class*="-tree-title"]')
+    tree_node = node.locator("xpath=ancestor-or-self::*[contains(@class, '-tree-treenode')][1]")
+    node.wait_for(state="attached")
+    if ("checkbox-checked" in (tree_node.get_attribute("class") or "")) != shown:
+        node.click()
+        ticked = re.compile("checkbox-checked")
+        if shown:
+            expect(tree_node).to_have_class(ticked, timeout=10_000)
+        else:
+            expect(tree_node).not_to_have_class(ticked, timeout=10_000)
+
+
+def by_text(page: Page, text: str, selector: str = "*") -> Locator:
+    """The innermost element matching ``selector`` whose whole text is ``text``."""
+    # An element's ancestors hold the same text; they come before it in document order.
+    return page.locator(selector).filter(has_text=re.compile(rf"^\s*{re.escape(text)}\s*$")).last
 
 
 def cell_selector(run_id: str, column: str) -> str:
     return f".ag-row[row-id={json.dumps(run_id)}] .ag-cell[col-id={json.dumps(column)}]"
 
 
-def grid_rows(browser: Browser) -> dict[str, dict[str, str]]:
-    """Every row of the runs table, ``{run id: {column id: text}}``, scrolling through it (rows render lazily).
+def grid_rows(page: Page) -> dict[str, dict[str, str]]:
+    """Every row of the runs table, ``{run id: {column id: text}}`` with its place as ``"row-index"``, scrolling
+    through it (rows render lazily).
 
     A cell with a link reads as the link's text: the run name without the hidden name of its colour.
     """
-    return browser.evaluate(
-        """(async () => {
+    return page.evaluate(
+        """async () => {
             const viewport = document.querySelector('.ag-body-viewport');
             const rows = {};
             for (let top = 0; ; top += Math.max(viewport.clientHeight / 2, 100)) {
                 viewport.scrollTop = top;
                 await new Promise(resolve => setTimeout(resolve, 250));
                 for (const cell of document.querySelectorAll('.ag-row .ag-cell[col-id]')) {
-                    const id = cell.closest('.ag-row').getAttribute('row-id');
-                    (rows[id] ??= {})[cell.getAttribute('col-id')] = (cell.querySelector('a') || cell).innerText.trim();
+                    const row = cell.closest('.ag-row');
+                    const cells = (rows[row.getAttribute('row-id')] ??= {'row-index': row.getAttribute('row-index')});
+                    cells[cell.getAttribute('col-id')] = (cell.querySelector('a') || cell).innerText.trim();
                 }
                 if (top + viewport.clientHeight >= viewport.scrollHeight) break;
             }
             viewport.scrollTop = 0;
             await new Promise(resolve => setTimeout(resolve, 250));
             return rows;
-        })()"""
+        }"""
     )
 
 
-def listed_trials(browser: Browser) -> list[int]:
+def listed_trials(page: Page) -> list[int]:
     """The numbers of the trials in optuna-dashboard's trial list, scrolling through it (it renders rows lazily)."""
-    return browser.evaluate(
-        """(async () => {
+    return page.evaluate(
+        """async () => {
             const list = [...document.querySelectorAll('ul')].find(u => /^Trial \\d+$/m.test(u.innerText));
             let box = list;
             while (box && getComputedStyle(box).overflowY !== 'auto') box = box.parentElement;
@@ -415,7 +516,7 @@ def listed_trials(browser: Browser) -> list[int]:
                 if (top + box.clientHeight >= box.scrollHeight) break;
             }
             return [...numbers];
-        })()"""
+        }"""
     )
 
 
@@ -426,10 +527,11 @@ def metric_history(base_url: str, run_id: str, key: str) -> list[dict[str, Any]]
         return json.load(answer).get("metrics", [])
 
 
-def keep_screenshot(browser: Browser, name: str, tmp_path: Path) -> Path:
+def keep_screenshot(page: Page, name: str, tmp_path: Path) -> Path:
     """Screenshot the page into tmp_path, check it shows something, and copy it to docs/images/ when refreshing."""
-    browser.evaluate("document.activeElement?.blur()")  # no focus ring on the last button clicked
-    path = browser.screenshot(tmp_path / name)
+    page.evaluate("document.activeElement?.blur()")  # no focus ring on the last button clicked
+    path = tmp_path / name
+    page.screenshot(path=path)
     assert path.stat().st_size > 20_000, f"{name}: {path.stat().st_size} bytes, a near-empty page"
     with Image.open(path) as image:
         colours = image.convert("RGB").getcolors(maxcolors=1 << 16)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from optuna.trial import TrialState
 
+from ftlab.record import TrialRecord
 from ftlab.sweep.budget import Budget, Decision, decide, failing
-from ftlab.sweep.record import TrialRecord
 
 C, R, P, F, W = TrialState.COMPLETE, TrialState.RUNNING, TrialState.PRUNED, TrialState.FAIL, TrialState.WAITING
 

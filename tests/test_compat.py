@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 
 from ftlab.sweep import compat
 from ftlab.sweep.compat import UnsupportedStorageError
+from tests.support.clock import StudyClock
 
 
 def heartbeat_study(tmp_path: Path) -> optuna.Study:
@@ -37,6 +38,9 @@ def test_every_touchpoint_works_on_an_rdb_storage(tmp_path: Path) -> None:
     assert compat.running_trials_without_heartbeat(study) == [trial_id]
     compat.record_heartbeat(study, trial_id)
     assert compat.running_trials_without_heartbeat(study) == []
+    assert compat.stale_trial_ids(study) == []
+    StudyClock(study).advance(10)  # the beat is now older than the 3 s grace period
+    assert compat.stale_trial_ids(study) == [trial_id]
 
     assert compat.set_trial_state(study, trial_id, TrialState.FAIL) is True
     assert study.trials[0].state is TrialState.FAIL
@@ -51,3 +55,28 @@ def test_a_storage_without_heartbeats_gets_a_clear_error(tmp_path: Path) -> None
     assert compat.rdb_backend(study) is None
     assert compat.grace_period_of(study) is None
     assert compat.running_trials_without_heartbeat(study) == []
+
+
+def test_the_storage_backends_touchpoints_work(tmp_path: Path) -> None:
+    """The private parts the storage backends use (ftlab/storage): Optuna's heartbeat interface on a journal, the
+    cache inside an RDB storage behind ftlab's retrying wrapper, and the gRPC client's stub and trial cache."""
+    from ftlab.config import StorageConfig
+    from ftlab.storage import open_storage
+    from ftlab.storage._grpc import HeartbeatGrpcStorageProxy, _RetryingStub
+
+    config = StorageConfig(heartbeat_interval=1, grace_period=3)
+    journal = optuna.create_study(storage=open_storage(f"journal:///{tmp_path / 'study.journal'}", config))
+    trial_id = compat.trial_id_of(journal.ask())
+    assert compat.grace_period_of(journal) == 3 and compat.heartbeat_interval_of(journal) == 1
+    assert compat.running_trials_without_heartbeat(journal) == [trial_id]
+    compat.record_heartbeat(journal, trial_id)
+    assert compat.running_trials_without_heartbeat(journal) == []
+
+    rdb = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path / 'optuna.db'}", config))
+    assert isinstance(compat.rdb_backend(rdb), RDBStorage)  # through RetryingStorage and Optuna's _CachedStorage
+
+    pytest.importorskip("grpc")
+    proxy = open_storage("grpc://127.0.0.1:9")  # the channel connects lazily: no proxy needed
+    assert isinstance(proxy, HeartbeatGrpcStorageProxy)
+    assert isinstance(proxy._stub, _RetryingStub) and proxy._cache.grpc_client is proxy._stub
+    proxy.close()

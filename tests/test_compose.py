@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.services import MLFLOW_SERVER_ENV, mlflow_server_command
+from tests.support.services import MLFLOW_SERVER_ENV, mlflow_server_command
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -148,7 +148,7 @@ def test_mlflow_service_runs_the_tests_server_command(compose: dict[str, Any]) -
         int(values["--port"]),
         allowed_hosts=values["--allowed-hosts"],
     )
-    assert command[2:] == expected[expected.index("server") + 1 :], "flags differ from tests/services.py"
+    assert command[2:] == expected[expected.index("server") + 1 :], "flags differ from tests/support/services.py"
 
     assert values["--backend-store-uri"].startswith("postgresql://")
     assert values["--backend-store-uri"].endswith("@postgres:5432/mlflow")
@@ -210,7 +210,7 @@ def test_ftlab_worker_accepts_the_options_the_deployments_pass(compose: dict[str
 
 def _slurm_worker_line() -> str:
     lines = [line.strip() for line in SLURM_SCRIPT.read_text().splitlines()]
-    found = [line for line in lines if not line.startswith("#") and re.search(r"\bftlab worker\b", line)]
+    found = [line for line in lines if not line.startswith("#") and re.search(r"\bftlab(\}\")? worker\b", line)]
     assert len(found) == 1, f"expected one `ftlab worker` line in {SLURM_SCRIPT.name}, found {found}"
     return found[0]
 
@@ -223,9 +223,12 @@ def test_slurm_script_is_a_gpu_job_array_of_workers() -> None:
     directives = re.findall(r"^#SBATCH\s+(\S+)", text, re.M)
     assert any(re.fullmatch(r"--array=0-\d+(%\d+)?", d) for d in directives), directives
     assert any(d in {"--gres=gpu:1", "--gpus-per-task=1", "--gpus=1"} for d in directives), directives
+    assert "--signal=B:TERM@300" in directives, "SIGTERM to the batch shell (the worker): the job runs no steps"
+    assert "--requeue" in directives
+    # The worker reads both URLs from the environment: none on its command line, where `ps` would show a password.
     line = _slurm_worker_line()
-    assert re.search(r'--storage\s+"\$FTLAB_STORAGE"', line), line
-    assert re.search(r'--tracking-uri\s+"\$FTLAB_TRACKING_URI"', line), line
+    assert "--storage" not in line and "--tracking-uri" not in line, line
+    assert "${FTLAB_STORAGE:?" in text and "${FTLAB_TRACKING_URI:?" in text
     assert not _URL_PASSWORD.search(text), "no storage URL with a password in the script"
 
 

@@ -147,3 +147,19 @@ def test_missing_and_non_yaml_files_are_user_errors(tmp_path: Path) -> None:
     broken.write_text("name: [unclosed\n")
     result = run_cli("validate", str(broken))
     assert result.returncode == 2 and "not valid YAML" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_unknown_objective_metric_names_the_close_one() -> None:
+    expected = r"`eval/los` is not a final metric ftlab records; did you mean `eval/loss`\?"
+    with pytest.raises(ConfigError, match=expected):
+        parse_sweep({**MINIMAL, "objective": "eval/los"}, "sweep.yaml")
+
+
+def test_the_holdout_is_off_by_default_a_share_below_one_and_never_an_objective() -> None:
+    assert parse_sweep(MINIMAL).data.holdout_fraction == 0
+    assert parse_sweep({**MINIMAL, "data": {"dataset": "x", "holdout_fraction": 0.1}}).data.holdout_fraction == 0.1
+    for bad in (1, 1.5, -0.1):
+        text = "\n".join(problems_of({**MINIMAL, "data": {"dataset": "x", "holdout_fraction": bad}}))
+        assert "sweep.yaml:data.holdout_fraction" in text, bad
+    # No sweep may choose on the holdout: its figures are not final metrics a sweep file can name.
+    assert "`holdout/loss` is not a final metric" in "\n".join(problems_of({**MINIMAL, "objective": "holdout/loss"}))

@@ -22,6 +22,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 from scipy import stats
 
+from ftlab.record import BASELINE_ATTR
 from ftlab.sweep.confirm import (
     CONFIRMS_ATTR,
     SEED_ATTR,
@@ -30,9 +31,16 @@ from ftlab.sweep.confirm import (
     confirmation,
     seeds_for,
 )
-from ftlab.sweep.record import BASELINE_ATTR
 from ftlab.sweep.verdict import BETTER, SAME, TOO_FEW, WORSE, compare_to_baseline, summarize
-from tests.helpers import SMALL_SWEEP, confirm_in_process, local_client, run_ftlab, sweep_in_process, write_sweep
+from tests.helpers import (
+    SMALL_SWEEP,
+    confirm_in_process,
+    local_client,
+    run_ftlab,
+    runs_of,
+    sweep_in_process,
+    write_sweep,
+)
 
 # --- the statistics, against hand-computed values --------------------------------------------------------------------
 
@@ -169,6 +177,47 @@ def test_a_configuration_identical_to_the_baseline_is_not_distinguishable(tmp_pa
     assert len(twin_row.values) == len(baseline_row.values) == 3
     assert twin_row.summary.spread and twin_row.summary.spread > 0  # the seeds do change the result
     assert twin_row.against_baseline is not None and twin_row.against_baseline.verdict == SAME
+
+
+@pytest.mark.slow  # a sweep and 4 confirmation runs (~1 min): `make test-slow`, run by CI after `make test`
+@pytest.mark.integration
+def test_confirm_on_a_holdout_compares_final_holdout_losses_no_sweep_trial_has(tmp_path: Path) -> None:
+    write_sweep(tmp_path, data={**TINY, "holdout_fraction": 0.1}, budget={"n_trials": 1})
+    outcome = sweep_in_process(tmp_path)
+    baseline = next(trial for trial in outcome.study.trials if trial.user_attrs.get(BASELINE_ATTR))
+    plan = [Candidate(baseline.number, dict(baseline.params), True), Candidate(99, dict(baseline.params), False)]
+
+    found = confirm_in_process(tmp_path, seeds=2, configurations=plan)
+
+    assert found is not None and found.complete
+    shown = found.as_json()
+    assert (found.split, shown["split"], shown["metric"]) == ("holdout", "holdout", "holdout/loss")
+    assert "on a held-out split the sweep never saw" in shown["sentence"]
+    # The numbers compared are the runs' final holdout losses, in MLflow and in their trial records.
+    runs = runs_of(tmp_path, "small")
+    by_seed = {(run.data.tags["ftlab.confirms_trial"], run.data.tags["ftlab.seed"]): run for run in runs
+               if "ftlab.confirms_trial" in run.data.tags}  # fmt: skip
+    records = optuna.load_study(study_name="small-confirm", storage=f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}")
+    stored = {(t.user_attrs[CONFIRMS_ATTR], t.user_attrs[SEED_ATTR]): t.user_attrs for t in records.trials}
+    assert len(by_seed) == len(stored) == 4
+    for row in found.rows:
+        for seed, values in row.results.items():
+            metrics = by_seed[(str(row.candidate.trial), str(seed))].data.metrics
+            record = stored[(row.candidate.trial, seed)]
+            assert values == [metrics["final/holdout/loss"]] == [record["final/holdout/loss"]]
+            assert metrics["final/holdout/perplexity"] == pytest.approx(math.exp(values[0]))
+            assert metrics["final/eval/loss"] != values[0]  # the validation figure, under its own name
+    # No sweep trial was evaluated on the holdout: no such figure in its run or its record.
+    sweep_runs = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == outcome.parent_run_id]
+    assert sweep_runs and not [key for run in sweep_runs for key in run.data.metrics if "holdout" in key]
+    assert not [key for trial in outcome.study.trials for key in trial.user_attrs if "holdout" in key]
+
+    # Another holdout is other data: the sweep and its confirmation refuse the file (exit code 2).
+    write_sweep(tmp_path, data={**TINY, "holdout_fraction": 0.2}, budget={"n_trials": 1})
+    for command in ("sweep", "confirm"):
+        refused = run_ftlab(command, "sweep.yaml", cwd=tmp_path)
+        assert refused.returncode == 2, (command, refused.stderr)
+        assert "data.holdout_fraction: 0.1 → 0.2" in refused.stderr, (command, refused.stderr)
 
 
 @pytest.mark.slow  # chaos tier (a kill, a resume; ~1.5 min of CPU): `make test-slow`, run by CI

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import multiprocessing
 import random
@@ -17,7 +18,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from ftlab.config import DataConfig
-from ftlab.data import PreparedData, _cache, _source, data_fingerprint, prepare_data
+from ftlab.data import PreparedData, _cache, _documents, _source, data_fingerprint, prepare_data
 from ftlab.errors import DataError
 
 EOS = "<|endoftext|>"
@@ -201,6 +202,119 @@ def test_max_blocks_keep_the_first_blocks(tmp_path: Path, tokenizer) -> None:
     assert torch.equal(limited.validation_tensor(), full.validation_tensor()[:2])
 
 
+# --- the holdout split (data.holdout_fraction) ------------------------------------------------------------------
+
+
+def split_texts(cfg: DataConfig, tmp_path: Path) -> dict[str, list[str]]:
+    """Each split's documents as texts, in their order: the data package's own reading, before tokenizing."""
+    work = tmp_path / "work"
+    work.mkdir(exist_ok=True)
+    found = _documents.load_documents(cfg, _source.resolve_source(cfg, None), work)
+    return {split: [text.strip("\n") for text in part.docs[part.docs.column_names[0]]] for split, part in found.items()}
+
+
+def packed(tokenizer: PreTrainedTokenizerFast, docs: list[str]) -> list[int]:
+    stream = doc_tokens(tokenizer, docs)
+    return stream[: len(stream) // 16 * 16]
+
+
+def test_without_a_holdout_blocks_and_fingerprint_are_those_of_before(tmp_path: Path, tokenizer) -> None:
+    docs = make_docs(200)
+    path = write_txt(tmp_path / "a.txt", docs)
+    data = prepare_data(config(tmp_path, [path], validation_fraction=0.2, split_seed=3, holdout_fraction=0), tokenizer)
+    assert data.holdout is None and data.holdout_tensor() is None and data.holdout_tokens == 0
+    assert sorted(p.name for p in (tmp_path / "cache" / data.fingerprint).iterdir() if p.is_dir()) == [
+        "train",
+        "validation",
+    ]
+    # The rule ftlab has always split by: train_test_split of the documents with split_seed, packed in that order.
+    halves = datasets.Dataset.from_dict({"text": docs}).train_test_split(test_size=0.2, seed=3)
+    assert data.train_tensor().flatten().tolist() == packed(tokenizer, halves["train"]["text"])
+    assert data.validation_tensor().flatten().tolist() == packed(tokenizer, halves["test"]["text"])
+    # The fingerprint of before (no holdout key): existing cache entries and studies keep their names.
+    payload = {
+        "format_version": _source.FORMAT_VERSION,
+        "source": {"train": [[".txt", _source._file_digest(path)]]},
+        "tokenizer": _source._tokenizer_digest(tokenizer),
+        "text_column": "text",
+        "block_size": 16,
+        "validation_fraction": 0.2,
+        "split_seed": 3,
+        "max_train_blocks": None,
+        "max_eval_blocks": None,
+    }
+    assert data.fingerprint == hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def test_the_holdout_is_cut_by_document_deterministically_apart_from_both_other_splits(
+    tmp_path: Path, tokenizer
+) -> None:
+    docs = make_docs(200)
+    assert len(set(docs)) == len(docs)
+    path = write_txt(tmp_path / "a.txt", docs)
+    cfg = config(tmp_path, [path], validation_fraction=0.1, holdout_fraction=0.15)
+
+    texts = split_texts(cfg, tmp_path)
+
+    assert [len(texts[split]) for split in ("train", "validation", "holdout")] == [150, 20, 30]
+    train, validation, holdout = (set(texts[split]) for split in ("train", "validation", "holdout"))
+    assert not holdout & train and not holdout & validation and not train & validation
+    assert train | validation | holdout == set(docs)
+    # The validation split is that of the same data without a holdout: only the training documents give way.
+    assert texts["validation"] == split_texts(config(tmp_path, [path], validation_fraction=0.1), tmp_path)["validation"]
+
+    first = prepare_data(cfg, tokenizer)
+    again = prepare_data(cfg.model_copy(update={"cache_dir": str(tmp_path / "again")}), tokenizer)
+    cached = prepare_data(cfg, tokenizer)
+    without = prepare_data(config(tmp_path, [path], validation_fraction=0.1), tokenizer)
+    assert not again.from_cache and cached.from_cache
+    for other in (again, cached):
+        assert other.fingerprint == first.fingerprint
+        assert torch.equal(other.holdout_tensor(), first.holdout_tensor())  # type: ignore[arg-type]
+        assert torch.equal(other.train_tensor(), first.train_tensor())
+    assert first.fingerprint != without.fingerprint  # a sweep file whose holdout changed no longer matches its study
+    assert torch.equal(first.validation_tensor(), without.validation_tensor())
+    assert first.holdout_tensor().flatten().tolist() == packed(tokenizer, texts["holdout"])  # type: ignore[union-attr]
+    assert first.train_tensor().flatten().tolist() == packed(tokenizer, texts["train"])
+    assert first.holdout_tokens == len(first.holdout) * 16  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("source", ["files", "hub"])
+def test_with_a_validation_split_in_the_data_the_holdout_is_cut_from_the_training_documents(
+    tmp_path: Path, monkeypatch, source: str
+) -> None:
+    train_docs, val_docs = make_docs(100, seed=1), make_docs(30, seed=2)
+    if source == "hub":
+        # The same path as local files once loaded: a hub dataset with its own validation (and test) split.
+        splits = {"train": train_docs, "validation": val_docs, "test": make_docs(10, seed=3)}
+        raw = datasets.DatasetDict({name: datasets.Dataset.from_dict({"text": t}) for name, t in splits.items()})
+        monkeypatch.setattr(_documents, "_load_hub", lambda source: raw)
+        cfg = DataConfig(dataset="ftlab-test/text", holdout_fraction=0.2, cache_dir=str(tmp_path / "cache"))
+    else:
+        train = write_txt(tmp_path / "train.txt", train_docs)
+        val = write_txt(tmp_path / "val.txt", val_docs)
+        cfg = config(tmp_path, [train], validation_files=[str(val)], holdout_fraction=0.2)
+
+    texts = split_texts(cfg, tmp_path)
+
+    assert texts["validation"] == val_docs
+    assert len(texts["holdout"]) == 20 and len(texts["train"]) == 80
+    assert not set(texts["holdout"]) & set(texts["train"])
+    assert set(texts["holdout"]) | set(texts["train"]) == set(train_docs)
+
+
+def test_too_little_data_for_a_holdout_names_the_setting(tmp_path: Path, tokenizer) -> None:
+    path = write_txt(tmp_path / "a.txt", make_docs(3))
+    # One document goes to validation; 2 (50 % of 3) to the holdout would leave none to train on.
+    with pytest.raises(DataError, match=r"data\.holdout_fraction: cannot hold out 2 holdout document"):
+        prepare_data(config(tmp_path, [path], validation_fraction=0.3, holdout_fraction=0.5), tokenizer)
+    train = write_txt(tmp_path / "train.txt", make_docs(200))
+    val = write_txt(tmp_path / "val.txt", make_docs(100, seed=5))
+    with pytest.raises(DataError, match=r"the holdout split has \d+ tokens.*a larger `data\.holdout_fraction`"):
+        prepare_data(config(tmp_path, [train], validation_files=[str(val)], holdout_fraction=0.005, block_size=256),
+                     tokenizer)  # fmt: skip
+
+
 # --- the cache ----------------------------------------------------------------------------------------------------
 
 
@@ -260,7 +374,7 @@ def test_relative_paths_use_base_dir_and_cache_dir_uses_cwd(tmp_path: Path, toke
 def test_demo_names_are_not_resolved_here(tmp_path: Path, tokenizer, monkeypatch) -> None:
     # load_sweep resolves demo:// once; fingerprinting or preparing data never builds the demo assets.
     monkeypatch.setenv("FTLAB_HOME", str(tmp_path / "home"))
-    with pytest.raises(DataError, match=r"data\.train_files\[0\]: file not found"):
+    with pytest.raises(DataError, match=r"data\.train_files\[0\]: data file not found"):
         data_fingerprint(config(tmp_path, ["demo://pydoc-topics.txt"]), tokenizer)
     assert not (tmp_path / "home").exists()
 
@@ -347,7 +461,7 @@ def test_byte_order_mark_is_dropped(tmp_path: Path, tokenizer) -> None:
 
 def test_missing_file(tmp_path: Path, tokenizer) -> None:
     good = write_txt(tmp_path / "a.txt", make_docs(60))
-    with pytest.raises(DataError, match=r"data\.validation_files\[1\]: file not found.*nope\.txt"):
+    with pytest.raises(DataError, match=r"data\.validation_files\[1\]: data file not found.*nope\.txt"):
         prepare_data(config(tmp_path, [good], validation_files=[str(good), "nope.txt"]), tokenizer, base_dir=tmp_path)
 
 

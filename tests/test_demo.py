@@ -20,7 +20,7 @@ from filelock import FileLock
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel, pipeline
 
 from ftlab import demo, paths
-from ftlab.config import load_sweep, parse_sweep
+from ftlab.config import parse_sweep
 from ftlab.errors import UserError
 
 
@@ -241,8 +241,8 @@ def test_unknown_demo_name_is_an_error_before_any_build(monkeypatch: pytest.Monk
     assert calls == []
 
 
-def test_load_sweep_resolves_demo_names(assets: demo.DemoAssets, tmp_path: Path) -> None:
+def test_load_sweep_with_assets_resolves_demo_names(assets: demo.DemoAssets, tmp_path: Path) -> None:
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(_sweep_data()), encoding="utf-8")
-    sweep = load_sweep(path)
+    sweep = demo.load_sweep_with_assets(path)
     assert (sweep.model.name_or_path, sweep.data.train_files) == (str(assets.model_dir), [str(assets.text_file)])

@@ -20,7 +20,9 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
 from ftlab.export.export import ExportRefusedError, ExportResult, export_best
+from ftlab.sweep.events import SweepFailingError
 from tests.helpers import environment, local_client, run_ftlab, sweep_in_process, write_sweep
+from tests.support.faults import fault_env
 
 pytestmark = pytest.mark.integration
 
@@ -43,8 +45,30 @@ def export_here(folder: Path, out: str, **options: Any) -> ExportResult:
         return export_best(Path("sweep.yaml"), Path(out), **options)
 
 
+def snapshot(folder: Path, run_id: str) -> dict[str, Any]:
+    """What MLflow's client shows of a run: its times, status, params, metrics (every point) and tags."""
+    client = local_client(folder)
+    run = client.get_run(run_id)
+    history = {key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)] for key in run.data.metrics}
+    return {
+        "start": run.info.start_time,
+        "end": run.info.end_time,
+        "status": run.info.status,
+        "params": run.data.params,
+        "metrics": history,
+        "tags": run.data.tags,
+        "artifacts": [item.path for item in client.list_artifacts(run_id)],
+    }
+
+
 @pytest.fixture(scope="module")
-def exported(swept: Path) -> tuple[Path, dict]:
+def trial_run_before(swept: Path) -> dict[str, Any]:
+    """The winning trial's run as the sweep left it, before anything is exported or registered."""
+    return snapshot(swept, study_of(swept).best_trial.user_attrs["mlflow_run_id"])
+
+
+@pytest.fixture(scope="module")
+def exported(swept: Path, trial_run_before: dict[str, Any]) -> tuple[Path, dict]:
     result = run_ftlab("best", "sweep.yaml", "--export", "out", "--register", "small-best", "--json", cwd=swept)
     assert result.returncode == 0, result.stderr
     return swept / "out", json.loads(result.stdout)
@@ -121,30 +145,84 @@ def test_the_registered_champion_loads_with_mlflow_and_says_what_it_is_for(
     _, best = exported
     client = local_client(swept)
     version = client.get_model_version_by_alias("small-best", "champion")
-    assert version.run_id == best["mlflow_run_id"]
     assert f"Trial {best['trial']} of an ftlab sweep: eval/loss {best['eval_loss']:.4f}" in version.description
     assert version.tags["ftlab.trial"] == str(best["trial"]) and "gain_over_baseline" in version.tags
-    # An MLmodel: what mlflow.pyfunc loads by the alias, logged to the winning trial's run (its Models column).
+    assert version.tags["ftlab.trial_run_id"] == best["mlflow_run_id"]
+    registered = client.get_registered_model("small-best")
+    assert "ftlab sweep small" in registered.description and registered.tags["ftlab.objective"] == "eval/loss"
+    # The model's own run, nested under the sweep's parent run beside the trials, names the trial it holds.
+    register_run = client.get_run(version.run_id)
+    trial_run = client.get_run(best["mlflow_run_id"])
+    assert register_run.info.run_id != trial_run.info.run_id
+    assert register_run.data.tags["ftlab.trial_run_id"] == trial_run.info.run_id
+    assert register_run.data.tags["mlflow.parentRunId"] == trial_run.data.tags["mlflow.parentRunId"]
+    assert register_run.info.status == "FINISHED"
     with contextlib.chdir(swept):
         mlflow.set_tracking_uri(client.tracking_uri)
         try:
             model = mlflow.pyfunc.load_model("models:/small-best@champion")
-            run = client.get_run(best["mlflow_run_id"])
             logged = mlflow.search_logged_models(
-                experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'"
+                experiment_ids=[trial_run.info.experiment_id], filter_string=f"source_run_id = '{version.run_id}'"
             )
         finally:
             mlflow.set_tracking_uri(None)
     (text,) = model.predict(["The with statement"])
     assert text.startswith("The with statement") and len(text) > len("The with statement")
     assert len(logged) == 1
+    # The params schema lets a caller choose the length (the tiny model may stop early: only a bound is certain).
+    assert [param.name for param in model.metadata.get_params_schema().params] == ["max_new_tokens"]
+    tokenizer = AutoTokenizer.from_pretrained(exported[0])
+    prompt_tokens = len(tokenizer("The with statement").input_ids)
+    (short,) = model.predict(["The with statement"], params={"max_new_tokens": 1})
+    assert short.startswith("The with statement") and len(tokenizer(short).input_ids) <= prompt_tokens + 1
+    assert len(short) <= len(text)
+
+
+def test_registering_leaves_the_trials_run_as_the_sweep_ended_it(
+    exported: tuple[Path, dict], swept: Path, trial_run_before: dict[str, Any]
+) -> None:
+    """Reopening the trial's run to log the model stretched its duration and added params and system metrics."""
+    _, best = exported
+    assert snapshot(swept, best["mlflow_run_id"]) == trial_run_before
 
 
 def test_non_empty_folder_is_refused_unless_forced(exported: tuple[Path, dict], swept: Path) -> None:
     refused = run_ftlab("best", "sweep.yaml", "--export", "out", cwd=swept)
-    assert refused.returncode == 2 and "not empty" in refused.stderr and "Traceback" not in refused.stderr
+    assert refused.returncode == 2 and "earlier export" in refused.stderr and "Traceback" not in refused.stderr
     forced = export_here(swept, "out", force=True)
     assert forced.out_dir == Path("out") and (swept / "out" / "model.safetensors").is_file()
+
+
+def _tree(folder: Path) -> dict[str, int]:
+    return {str(path.relative_to(folder)): path.stat().st_size for path in folder.rglob("*") if path.is_file()}
+
+
+@pytest.mark.parametrize("target", ["mlruns", ".", "<cwd>"])
+def test_force_never_replaces_the_results_or_the_current_folder(swept: Path, target: str) -> None:
+    before = _tree(swept)
+    where = str(swept) if target == "<cwd>" else target
+    result = run_ftlab("best", "sweep.yaml", "--export", where, "--force", cwd=swept)
+    assert result.returncode == 2, result.stderr
+    assert "would delete it" in result.stderr and "Traceback" not in result.stderr
+    assert _tree(swept) == before, "nothing was deleted or written"
+
+
+def test_a_failed_forced_export_leaves_the_earlier_export_as_it_was(exported: tuple[Path, dict], swept: Path) -> None:
+    out, _ = exported
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    weights = swept / study_of(swept).best_trial.user_attrs["model_dir"] / "model.safetensors"
+    original = weights.read_bytes()
+    tensors = load_file(weights)
+    name = next(key for key in tensors if key.endswith("wte.weight"))
+    tensors[name] = tensors[name] * 0.5
+    save_file(tensors, weights, metadata={"format": "pt"})
+    try:
+        with pytest.raises(ExportRefusedError, match="not the measured model"):
+            export_here(swept, "out", force=True)
+    finally:
+        weights.write_bytes(original)
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+    assert not list(swept.glob(".out*")), "no temporary folder is left"
 
 
 def test_weights_come_from_mlflow_when_the_local_trial_folder_is_gone(swept: Path) -> None:
@@ -176,7 +254,8 @@ def test_weights_that_do_not_reproduce_the_metric_are_refused(swept: Path) -> No
 
 def test_no_completed_trial_is_a_clear_error(tmp_path: Path) -> None:
     write_sweep(tmp_path, budget={"n_trials": 1, "max_trials": 1})
-    sweep_in_process(tmp_path, env={"FTLAB_INJECT_FAULT": "nan_at_step=1"})  # the baseline is pruned: NaN loss
+    with pytest.raises(SweepFailingError):  # the baseline diverges (NaN loss): nothing completes
+        sweep_in_process(tmp_path, env=fault_env("nan_at_step=1"))
     result = run_ftlab("best", "sweep.yaml", "--export", "out", cwd=tmp_path)
     assert result.returncode == 2 and "no completed trial" in result.stderr
 

@@ -10,12 +10,13 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from ftlab.sweep.record import TrialRecord
-from ftlab.sweep.runner import SweepFailingError
+from ftlab.record import TrialRecord
+from ftlab.sweep.events import SweepFailingError
 from ftlab.sweep.study import tell
 from ftlab.sweep.trial_process import PruningCallback, TrialReapedError, record_for, run_ending
 from ftlab.tracking import TrackedRun
 from tests.helpers import SMALL_SWEEP, run_ftlab, runs_of, sweep_in_process, write_sweep
+from tests.support.faults import fault_env
 
 # --- before any trial ------------------------------------------------------------------------------------------------
 
@@ -70,7 +71,7 @@ def test_user_text_is_printed_as_it_is_not_as_markup(tmp_path: Path) -> None:
 def test_a_full_disk_is_named_stops_this_machine_and_loses_nothing(tmp_path: Path) -> None:
     # No file past 2 MB in the baseline's process: its model (3.8 MB) cannot be saved, as on a full disk.
     sweep = write_sweep(tmp_path, budget={"n_trials": 1})
-    result = run_ftlab("sweep", str(sweep), cwd=tmp_path, env={"FTLAB_INJECT_FAULT": "file_size_limit=2000000,trial=0"})
+    result = run_ftlab("sweep", str(sweep), cwd=tmp_path, env=fault_env("file_size_limit=2000000,trial=0"))
     assert result.returncode == 1, result.stderr
     assert "this machine cannot run trials: trial #0 failed: file too large while writing" in result.stderr
     assert "the file-size limit (ulimit -f) is 2,000,000 bytes" in result.stderr
@@ -101,7 +102,7 @@ def test_trials_failing_in_a_row_stop_the_sweep_with_the_repeated_error(tmp_path
     write_sweep(tmp_path, budget={"n_trials": 10, "max_failures_in_a_row": 2})
     faults = "segfault_at_step=1,trial=1;segfault_at_step=1,trial=2"
     with pytest.raises(SweepFailingError) as stopped:
-        sweep_in_process(tmp_path, env={"FTLAB_INJECT_FAULT": faults})
+        sweep_in_process(tmp_path, env=fault_env(faults))
     assert str(stopped.value) == "2 trials in a row failed (#1, #2), each with: trial process killed by signal SIGSEGV"
     study = optuna.load_study(study_name="small", storage=f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}")
     assert [trial.state.name for trial in study.trials] == ["COMPLETE", "FAIL", "FAIL"]

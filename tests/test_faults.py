@@ -1,4 +1,5 @@
-"""Injected faults: installed from outside the loop as callbacks, each doing what the sweep's resilience tests expect.
+"""Injected faults (tests/support/faults.py): installed from outside the loop as callbacks, or into real trials through
+ftlab's FTLAB_TRAINING_CALLBACKS hook, each doing what the sweep's resilience tests expect.
 
 The faults that kill the process (SIGSEGV, SIGKILL mid-checkpoint) run in a forked child, which starts in
 milliseconds because it inherits the already imported torch and transformers.
@@ -16,17 +17,21 @@ import pytest
 import torch
 
 from ftlab.config import TrainConfig
+from ftlab.errors import UserError
 from ftlab.training.callbacks import CallbackList, TrainingCallback, TrainPlan
 from ftlab.training.checkpoint import load_training_state
-from ftlab.training.faults import (
+from ftlab.training.loop import NonFiniteLossError, train
+from ftlab.training.plugins import ENV_VAR as CALLBACKS_ENV_VAR
+from ftlab.training.plugins import extra_callbacks_from_env
+from tests.support.faults import (
     InjectedFaults,
     NanLossInjector,
     OutOfMemoryInjector,
     SegfaultInjector,
     TornCheckpointInjector,
     fault_callbacks,
+    fault_env,
 )
-from ftlab.training.loop import NonFiniteLossError, train
 from tests.test_metrics import CPU, random_blocks, tiny_model
 
 CONFIG = TrainConfig(per_device_train_batch_size=2, gradient_accumulation_steps=2, max_steps=6, logging_steps=1)
@@ -79,6 +84,23 @@ def exit_code_of(target: Callable[[], object]) -> int | None:
 def test_no_faults_without_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FTLAB_INJECT_FAULT", raising=False)
     assert fault_callbacks(tiny_model()) == []
+
+
+def test_ftlab_s_hook_installs_the_faults_only_when_its_variable_names_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FTLAB_INJECT_FAULT", "nan_at_step=3")
+    monkeypatch.delenv(CALLBACKS_ENV_VAR, raising=False)
+    assert extra_callbacks_from_env()(tiny_model()) == [], "the package installs nothing of its own"
+    for name, value in fault_env("nan_at_step=3").items():
+        monkeypatch.setenv(name, value)
+    assert [type(callback) for callback in extra_callbacks_from_env()(tiny_model())] == [NanLossInjector]
+
+
+@pytest.mark.parametrize("spec", ["tests.support.faults", "tests.support.faults:nothing", "no_such_module:f"])
+def test_a_hook_that_cannot_be_loaded_is_named(monkeypatch: pytest.MonkeyPatch, spec: str) -> None:
+    monkeypatch.setenv(CALLBACKS_ENV_VAR, f"tests.support.faults:fault_callbacks, {spec}")
+    with pytest.raises(UserError, match=f"cannot load the training callbacks '{spec}'") as raised:
+        extra_callbacks_from_env()
+    assert raised.value.problems[0].where == CALLBACKS_ENV_VAR
 
 
 def test_each_trial_gets_its_own_group(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,10 +11,10 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from ftlab.config import TrainConfig
 from ftlab.training.callbacks import CallbackList, TrainingCallback
-from ftlab.training.faults import fault_callbacks
 from ftlab.training.loop import NonFiniteLossError, NotEnoughDataError, train
 from ftlab.training.metrics import IGNORE_INDEX, evaluate, perplexity, sum_token_nll
 from ftlab.training.runtime import Runtime
+from tests.support.faults import fault_callbacks
 
 CPU = Runtime(device=torch.device("cpu"), bf16=False)
 
@@ -116,9 +116,9 @@ def test_final_eval_loss_and_perplexity_are_reported() -> None:
     recorder = Recorder()
     config = TrainConfig(per_device_train_batch_size=4, max_steps=3, logging_steps=1)
     result = train(tiny_model(), random_blocks(12), random_blocks(4, seed=2), config, CPU, recorder)
-    assert result.eval_perplexity == pytest.approx(math.exp(result.eval_loss))
-    assert recorder.evals[-1][2]["eval/loss"] == result.eval_loss
-    assert result.tokens_seen == 3 * 4 * 16
+    assert result.metrics["eval/perplexity"] == pytest.approx(math.exp(result.metrics["eval/loss"]))
+    assert recorder.evals[-1][2]["eval/loss"] == result.metrics["eval/loss"]
+    assert result.metrics["train/tokens_seen"] == 3 * 4 * 16
 
 
 def test_nan_loss_stops_training(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -133,3 +133,42 @@ def test_too_little_data_for_one_step_is_a_clear_error() -> None:
     config = TrainConfig(per_device_train_batch_size=8, gradient_accumulation_steps=4)
     with pytest.raises(NotEnoughDataError, match="needs 32"):
         train(tiny_model(), random_blocks(10), random_blocks(4), config, CPU)
+
+
+def test_every_final_metric_the_loop_computes_is_a_valid_objective() -> None:
+    from ftlab.config import ObjectiveConfig
+    from ftlab.figures import FINAL_METRICS, Measured, final_figures
+
+    figures = final_figures(Measured(4, 2048, 4.5, 4.25, 4.2, 36.0, 512.0))
+    assert list(figures) == list(FINAL_METRICS)
+    assert figures["cost/device_hours"] == pytest.approx(0.01)
+    assert figures["eval/perplexity"] == pytest.approx(70.105, rel=1e-4)
+    for name in figures:
+        assert ObjectiveConfig(metric=name).metric == name
+
+
+def test_holdout_blocks_are_scored_once_on_the_final_model_and_no_hook_hears_of_them() -> None:
+    from ftlab.figures import FINAL_METRICS, HOLDOUT_FIGURES, on_holdout
+
+    config = TrainConfig(per_device_train_batch_size=4, max_steps=3, logging_steps=1)
+    recorder, model, holdout = Recorder(), tiny_model(), random_blocks(5, seed=7)
+
+    result = train(model, random_blocks(12), random_blocks(4, seed=2), config, CPU, recorder, holdout_blocks=holdout)
+
+    expected, _ = evaluate(model, holdout, batch_size=8, device=torch.device("cpu"), autocast=contextlib.nullcontext())
+    assert result.metrics["holdout/loss"] == pytest.approx(expected, rel=1e-6)
+    assert result.metrics["holdout/perplexity"] == pytest.approx(math.exp(expected), rel=1e-6)
+    # Nothing that could prune or choose hears of it; without holdout blocks (a sweep trial) there is none at all.
+    heard = [name for _, _, metrics in recorder.evals for name in metrics] + [n for log in recorder.logs for n in log]
+    assert not [name for name in heard if name.startswith("holdout/")]
+    without = train(tiny_model(), random_blocks(12), random_blocks(4, seed=2), config, CPU)
+    assert not [name for name in without.metrics if name.startswith("holdout/")]
+    assert without.metrics["eval/loss"] == pytest.approx(result.metrics["eval/loss"], rel=1e-6)
+    # A sweep file cannot name a holdout figure as its objective; a confirmation maps eval figures onto them.
+    assert not set(HOLDOUT_FIGURES.values()) & set(FINAL_METRICS)
+    assert [on_holdout(name) for name in ("eval/loss", "eval/perplexity", "eval/best_loss", "train/loss")] == [
+        "holdout/loss",
+        "holdout/perplexity",
+        "eval/best_loss",
+        "train/loss",
+    ]

@@ -8,9 +8,9 @@ import torch
 from ftlab.config import TrainConfig
 from ftlab.settings import split_effective_batch
 from ftlab.training.callbacks import CallbackList
-from ftlab.training.faults import fault_callbacks
 from ftlab.training.loop import train
 from ftlab.training.oom import OomRetry, OutOfMemoryAtBatchOneError, with_oom_retry
+from tests.support.faults import fault_callbacks
 from tests.test_metrics import CPU, random_blocks, tiny_model
 
 
@@ -98,11 +98,11 @@ def test_an_injected_out_of_memory_in_training_is_retried_to_the_same_result(mon
     def attempt(config: TrainConfig) -> tuple[float, int]:
         model = tiny_model()
         result = train(model, train_blocks, validation, config, CPU, CallbackList(fault_callbacks(model)))
-        return result.eval_loss, config.per_device_train_batch_size
+        return result.metrics["eval/loss"], config.per_device_train_batch_size
 
     config = TrainConfig(per_device_train_batch_size=4, gradient_accumulation_steps=2, max_steps=2, learning_rate=1e-3)
     eval_loss, micro = with_oom_retry(attempt, config)
     monkeypatch.delenv("FTLAB_INJECT_FAULT")
-    expected = train(tiny_model(), train_blocks, validation, config, CPU).eval_loss
+    expected = train(tiny_model(), train_blocks, validation, config, CPU).metrics["eval/loss"]
     assert micro == 2
     assert eval_loss == pytest.approx(expected, abs=1e-5), "2x4 trains what 4x2 would have"

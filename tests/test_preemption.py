@@ -43,8 +43,8 @@ def test_a_stop_request_saves_a_checkpoint_at_that_step_and_the_resume_matches_a
 
     resumed_model = tiny_model(seed=99)  # different initial weights: everything must come from the checkpoint
     resumed = train(resumed_model, train_blocks, validation, CONFIG, CPU, resume_from=checkpoint)
-    assert resumed.eval_loss == pytest.approx(uninterrupted.eval_loss, rel=1e-6)
-    assert resumed.train_loss == pytest.approx(uninterrupted.train_loss, rel=1e-6)
+    assert resumed.metrics["eval/loss"] == pytest.approx(uninterrupted.metrics["eval/loss"], rel=1e-6)
+    assert resumed.metrics["train/loss"] == pytest.approx(uninterrupted.metrics["train/loss"], rel=1e-6)
     for a, b in zip(resumed_model.parameters(), uninterrupted_model.parameters(), strict=True):
         torch.testing.assert_close(a, b)
 

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from ftlab import preflight
 from ftlab.config import parse_sweep
 from ftlab.errors import ConfigError
+from ftlab.sweep import preflight
 from tests.helpers import SMALL_SWEEP
-from tests.services import POSTGRES_SERVER_URL, postgres_database
+from tests.support.services import POSTGRES_SERVER_URL, postgres_database
 
-pytest_plugins = ["tests.services"]
+pytest_plugins = ["tests.support.services"]
 
 
 def sweep_with(**changes: object):

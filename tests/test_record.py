@@ -7,17 +7,19 @@ from pathlib import Path
 import optuna
 import pytest
 
-from ftlab.sweep.record import BASELINE_ATTR, RUN_ID_ATTR, TrialRecord
+from ftlab.record import BASELINE_ATTR, RUN_ID_ATTR, TrialRecord
 from ftlab.sweep.study import tell
 
 COMPLETE = TrialRecord(
     "COMPLETE",
     values=[4.25],
-    eval_loss=4.25,
-    perplexity=70.105,
-    train_loss=4.5,
-    tokens_seen=65536,
-    seconds=12.5,
+    metrics={
+        "eval/loss": 4.25,
+        "eval/perplexity": 70.105,
+        "train/loss": 4.5,
+        "train/tokens_seen": 65536,
+        "perf/train_seconds": 12.5,
+    },
     device="cpu",
     model_dir="/trials/trial-003/final",
     data_fingerprint="abc123",
@@ -78,3 +80,13 @@ def test_the_stored_attribute_names_stay_those_earlier_versions_wrote() -> None:
     }
     assert TrialRecord("PRUNED", "why").to_user_attrs() == {"prune_reason": "why"}
     assert TrialRecord("FAIL", "why").to_user_attrs() == {"fail_reason": "why", "stopped_from_outside": False}
+
+
+def test_final_metrics_earlier_versions_did_not_store_keep_their_names_under_final() -> None:
+    record = TrialRecord("COMPLETE", values=[512.0], metrics={"eval/loss": 4.25, "perf/peak_memory_mb": 512.0})
+    attrs = record.to_user_attrs()
+    assert attrs["eval_loss"] == 4.25 and attrs["final/perf/peak_memory_mb"] == 512.0
+    study = optuna.create_study()
+    trial = study.ask()
+    tell(study, trial._trial_id, record)
+    assert TrialRecord.from_trial(study.get_trials()[0]).metrics == record.metrics

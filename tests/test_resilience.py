@@ -7,10 +7,10 @@ import pytest
 import sqlalchemy
 import sqlalchemy.exc
 
-from ftlab.sweep.resilience import is_connection_loss, retry_on_connection_loss
-from tests.services import postgres_database
+from ftlab.storage import is_connection_loss, retry_on_connection_loss
+from tests.support.services import postgres_database
 
-pytest_plugins = ["tests.services"]
+pytest_plugins = ["tests.support.services"]
 
 
 def _operational_error() -> sqlalchemy.exc.OperationalError:
@@ -52,7 +52,7 @@ def test_a_pending_rollback_counts_as_what_left_the_transaction_invalid() -> Non
 
 
 def test_a_collision_creating_the_schema_is_recognised() -> None:
-    from ftlab.sweep.resilience import is_concurrent_schema_creation
+    from ftlab.storage import is_concurrent_schema_creation
 
     collision = sqlalchemy.exc.IntegrityError(
         "CREATE TABLE studies",
@@ -119,17 +119,17 @@ def _heartbeat_study(tmp_path, grace_period: int = 1) -> optuna.Study:
 
 
 def test_a_trial_asked_for_but_never_started_is_failed_after_the_grace_period(tmp_path) -> None:
-    import time
-
     from ftlab.sweep.reaper import fail_orphaned_trials
+    from tests.support.clock import StudyClock
 
     study = _heartbeat_study(tmp_path)
+    clock = StudyClock(study)
     orphan = study.ask()  # as if the connection dropped before its first heartbeat: nobody runs it
     running = study.ask()
     study._storage.record_heartbeat(running._trial_id)
-    assert fail_orphaned_trials(study) == []  # younger than the grace period: its worker may be about to beat
-    time.sleep(1.2)
-    assert fail_orphaned_trials(study) == [orphan.number]
+    assert fail_orphaned_trials(study, clock) == []  # younger than the grace period: its worker may be about to beat
+    clock.advance(1.2)
+    assert fail_orphaned_trials(study, clock) == [orphan.number]
     states = {trial.number: trial.state for trial in study.get_trials()}
     assert states == {orphan.number: optuna.trial.TrialState.FAIL, running.number: optuna.trial.TrialState.RUNNING}
     assert "never ran" in study.get_trials()[orphan.number].user_attrs["fail_reason"]

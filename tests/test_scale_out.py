@@ -22,8 +22,9 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.helpers import SMALL_SWEEP, write_sweep
+from tests.support.faults import fault_env
 
-pytest_plugins = ["tests.services"]
+pytest_plugins = ["tests.support.services"]
 pytestmark = [pytest.mark.integration, pytest.mark.services]
 
 TINY_DATA = {**SMALL_SWEEP["data"], "max_train_blocks": 96}
@@ -66,6 +67,27 @@ def wait_for_step(worker: subprocess.Popen[str], progress: Path, step: int, time
         assert time.monotonic() < deadline and worker.poll() is None, worker.communicate()
         time.sleep(0.1)
     return int(json.loads(progress.read_text())["step"])
+
+
+def wait_until_group_is_gone(pgid: int, timeout: float = 30) -> None:
+    """Wait until process group ``pgid`` (a worker started in a session of its own, and what it forked) has no live
+    process left; zombies, which nobody may reap in a container, do not count."""
+    deadline = time.monotonic() + timeout
+    while pgid in live_process_groups():
+        assert time.monotonic() < deadline, f"process group {pgid} still alive after {timeout} s"
+        time.sleep(0.1)
+
+
+def live_process_groups() -> set[int]:
+    groups = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _, group = stat.read_text().rsplit(")", 1)[1].split()[:3]  # after "pid (command)"
+        except OSError:  # the process ended while we looked
+            continue
+        if state != "Z":
+            groups.add(int(group))
+    return groups
 
 
 def assert_nothing_left_running(study: optuna.Study, tracking: str, experiment: str) -> None:
@@ -111,8 +133,10 @@ def test_workers_meet_the_budget_exactly(tmp_path: Path, backend: Backend) -> No
     print(f"{backend.name}: {backend.workers} workers x budget {backend.budget}: {dict(states)}")
 
 
-# On PostgreSQL in the chaos tier (`make test-slow`, run by CI): `make test` keeps to 8 minutes with the SQLite run.
-@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)], indirect=True)
+# A kill: the chaos tier (`make test-slow`, run by CI), on both storages, as test_storages' killed worker on the
+# journal and gRPC storages. `make test` keeps the retry logic's unit tests (test_retries, test_fail_fast).
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
 def test_a_killed_worker_s_trial_is_retried_with_the_same_params_and_resumes(tmp_path: Path, backend: Backend) -> None:
     write_sweep(
         tmp_path,
@@ -122,13 +146,18 @@ def test_a_killed_worker_s_trial_is_retried_with_the_same_params_and_resumes(tmp
         budget={"n_trials": 2},
         storage={"heartbeat_interval": 1, "grace_period": 3},
     )
-    first = start_worker(tmp_path, backend.storage, backend.tracking)
+    # Trial 0's steps slowed to 0.15 s: the tiny trial would otherwise finish its 48 steps in the second its process
+    # takes to notice that its worker died, and be told COMPLETE with nothing to retry (seen here and on CI).
+    first = start_worker(tmp_path, backend.storage, backend.tracking, env=fault_env("step_delay_ms=150,trial=0"))
     progress = tmp_path / ".ftlab" / "trials" / "killed" / "trial-000" / "progress.json"
     wait_for_step(first, progress, 20)
     os.kill(first.pid, signal.SIGKILL)  # the worker's machine is gone; its trial process must die with it
     first.wait()
-    time.sleep(4)  # past the grace period: the next worker reaps the trial; its trial process is dead by now
+    wait_until_group_is_gone(first.pid)  # its trial process (which watches the worker every second) too
     died_at = json.loads(progress.read_text())["step"]  # written at logging steps (every 4): may lag by up to 3
+
+    # The next worker joins within the grace period: it finds trial 0 RUNNING, runs a trial of its own, and reaps
+    # trial 0 once its heartbeats are 3 s old (it looks twice a second while it waits), then runs the retry.
 
     second = start_worker(tmp_path, backend.storage, backend.tracking)
     out, err = second.communicate(timeout=600)
@@ -167,7 +196,7 @@ def test_a_kill_during_a_checkpoint_write_resumes_from_the_previous_one(tmp_path
     )
     # Trial 0 is SIGKILLed halfway through writing its step-16 checkpoint; step 8's is the last complete one.
     worker = start_worker(
-        tmp_path, backend.storage, backend.tracking, env={"FTLAB_INJECT_FAULT": "kill_in_checkpoint_at_step=16,trial=0"}
+        tmp_path, backend.storage, backend.tracking, env=fault_env("kill_in_checkpoint_at_step=16,trial=0")
     )
     out, err = worker.communicate(timeout=600)
     assert worker.returncode == 0, out + err

@@ -11,9 +11,9 @@ import pytest
 import sqlalchemy
 from mlflow import MlflowClient
 
-from tests.services import MlflowServer, database_exists, postgres_database
+from tests.support.services import MlflowServer, database_exists, postgres_database
 
-pytest_plugins = ["tests.services"]
+pytest_plugins = ["tests.support.services"]
 
 pytestmark = pytest.mark.services
 

@@ -25,11 +25,12 @@ import pytest
 from optuna.trial import TrialState
 
 from ftlab.config import StorageConfig
+from ftlab.storage import StudyLock, open_storage, storage_problem
 from ftlab.sweep import compat, reaper
-from ftlab.sweep.study import StudyLock, open_storage, storage_problem
 from tests.helpers import SMALL_SWEEP, write_sweep
+from tests.support.clock import StudyClock
 
-pytest_plugins = ["tests.services"]
+pytest_plugins = ["tests.support.services"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KINDS = ["sqlite", "postgresql", "journal", "grpc"]
@@ -40,7 +41,7 @@ FAST = StorageConfig(heartbeat_interval=1, grace_period=2)
 def grpc_url(postgres_url: str, tmp_path: Path) -> Iterator[str]:
     """Optuna's gRPC storage proxy, in a process of its own, in front of a fresh PostgreSQL database."""
     pytest.importorskip("grpc", reason="the gRPC storage proxy needs grpcio")
-    from benchmarks.scale_out import grpc_proxy
+    from tests.support.services import grpc_proxy
 
     with grpc_proxy(postgres_url, tmp_path) as url:
         yield url
@@ -74,6 +75,7 @@ def new_study(url: str, name: str = "contract", retried: list[int] | None = None
 def test_a_silent_trial_is_failed_and_retried_once_with_its_params(storage_url: str) -> None:
     retried: list[int] = []
     study = new_study(storage_url, retried=retried)
+    clock = StudyClock(study)
     trial = study.ask()
     trial.suggest_float("learning_rate", 1e-5, 1e-2, log=True)
     compat.record_heartbeat(study, compat.trial_id_of(trial))
@@ -81,7 +83,7 @@ def test_a_silent_trial_is_failed_and_retried_once_with_its_params(storage_url: 
     compat.record_heartbeat(study, compat.trial_id_of(alive))
 
     for _ in range(4):  # 4 s: past the grace period for `trial`; `alive` keeps beating
-        time.sleep(1)
+        clock.advance(1)
         compat.record_heartbeat(study, compat.trial_id_of(alive))
     reaper.reap(study)
 
@@ -96,10 +98,11 @@ def test_a_silent_trial_is_failed_and_retried_once_with_its_params(storage_url: 
 
 def test_a_trial_that_never_beat_is_failed_after_the_grace_period(storage_url: str) -> None:
     study = new_study(storage_url)
+    clock = StudyClock(study)
     study.ask()  # as an attempt whose connection dropped before its first heartbeat leaves it
-    assert reaper.fail_orphaned_trials(study) == [], "younger than the grace period: its worker is about to beat"
-    time.sleep(2.5)
-    assert reaper.fail_orphaned_trials(study) == [0]
+    assert reaper.fail_orphaned_trials(study, clock) == [], "younger than the grace period: its worker is about to beat"
+    clock.advance(2.5)
+    assert reaper.fail_orphaned_trials(study, clock) == [0]
     assert study.get_trials(deepcopy=False)[0].state == TrialState.FAIL
 
 
@@ -156,25 +159,27 @@ def test_marking_the_best_has_a_lock_of_its_own(storage_url: str) -> None:
 
 
 def test_a_worker_with_nothing_to_start_does_not_queue_for_the_study_lock(postgres_url: str, tmp_path: Path) -> None:
-    from ftlab.config import load_sweep
+    from ftlab.demo import load_sweep_with_assets
     from ftlab.sweep.budget import Budget, Decision
-    from ftlab.sweep.runner import SweepRunner
+    from ftlab.sweep.scheduler import Scheduler
 
     sweep_file = write_sweep(tmp_path, budget={"n_trials": 1})
-    runner = SweepRunner(load_sweep(sweep_file), sweep_file, postgres_url, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    scheduler = Scheduler.open(
+        load_sweep_with_assets(sweep_file), sweep_file, postgres_url, f"sqlite:///{tmp_path / 'mlflow.db'}"
+    )
     budget = Budget(n_trials=1)
-    assert runner._next_trial(budget)[0] is Decision.START  # trial 0 runs now; it may meet the budget
+    assert scheduler._next_trial(budget)[0] is Decision.START  # trial 0 runs now; it may meet the budget
     pool = concurrent.futures.ThreadPoolExecutor(1)
     with StudyLock(postgres_url, "small").held():  # another worker is starting a trial
-        look = pool.submit(runner._next_trial, budget)
+        look = pool.submit(scheduler._next_trial, budget)
         try:
             decision: object = look.result(timeout=10)
         except concurrent.futures.TimeoutError:
             decision = "it waited for the study lock"
     pool.shutdown()
     assert decision == (Decision.WAIT, None)
-    runner.study.tell(runner.study.trials[0].number, 1.0)
-    assert runner._next_trial(budget) == (Decision.DONE, None)
+    scheduler.study.tell(scheduler.study.trials[0].number, 1.0)
+    assert scheduler._next_trial(budget) == (Decision.DONE, None)
 
 
 def test_a_storage_url_that_cannot_work_is_named(tmp_path: Path) -> None:
@@ -187,8 +192,7 @@ def test_a_storage_url_that_cannot_work_is_named(tmp_path: Path) -> None:
 @pytest.mark.slow  # a restart: the chaos tier (`make test-slow`, run by CI)
 def test_a_restarted_grpc_proxy_is_waited_for(postgres_url: str, tmp_path: Path) -> None:
     pytest.importorskip("grpc", reason="the gRPC storage proxy needs grpcio")
-    from benchmarks.scale_out import grpc_proxy
-    from tests.services import free_port
+    from tests.support.services import free_port, grpc_proxy
 
     port = free_port()
     with grpc_proxy(postgres_url, tmp_path, port=port) as url:

@@ -3,10 +3,12 @@ reproducible ones) and Optuna's pruners with their resources in tokens."""
 
 from __future__ import annotations
 
+import threading
+
 import optuna
 
 from ftlab.config import parse_sweep
-from ftlab.sweep.study import build_pruner, sampler_seed
+from ftlab.sweep.study import build_pruner, build_sampler, sampler_seed
 from tests.helpers import SMALL_SWEEP
 
 
@@ -45,3 +47,41 @@ def test_successive_halving_starts_at_the_first_fidelity_point_in_tokens() -> No
     assert by_steps._min_resource == "auto"
     explicit = build_pruner(_sweep({"name": "hyperband", "min_resource_tokens": 1000}))
     assert explicit._min_resource == 1000
+
+
+def test_parallel_tpe_workers_do_not_propose_the_same_point_at_once() -> None:
+    """Four workers each ask for a trial while the others' trials run: with TPE's constant liar each sees the running
+    trials (as bad ones) and proposes a point of its own; without it, all four read the same finished trials and
+    several propose the same point. Sampling is serialised, as ``ask`` is under ftlab's study lock, so that the
+    outcome depends on the seed only."""
+    sweep = parse_sweep({**SMALL_SWEEP, "sampler": {"name": "tpe", "seed": 0, "n_startup_trials": 8}})
+    study = optuna.create_study(sampler=build_sampler(sweep.sampler, sweep))
+
+    def sample(trial: optuna.Trial) -> dict[str, int]:
+        return {"a": trial.suggest_int("a", 0, 19), "b": trial.suggest_int("b", 0, 19)}
+
+    def loss(params: dict[str, int]) -> float:
+        return (params["a"] - 3) ** 2 + (params["b"] - 2) ** 2
+
+    for _ in range(8):  # the random start-up trials, finished
+        trial = study.ask()
+        study.tell(trial, loss(sample(trial)))
+    lock = threading.Lock()
+
+    def worker(running: list[optuna.Trial]) -> None:
+        with lock:
+            trial = study.ask()
+            sample(trial)
+            running.append(trial)
+
+    for _ in range(3):  # three rounds of four trials running at once
+        running: list[optuna.Trial] = []
+        threads = [threading.Thread(target=worker, args=(running,)) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        points = [(trial.params["a"], trial.params["b"]) for trial in running]
+        assert len(set(points)) == 4, f"workers running at once proposed the same point: {points}"
+        for trial in running:
+            study.tell(trial, loss(trial.params))

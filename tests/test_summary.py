@@ -6,7 +6,7 @@ import optuna
 import pytest
 from optuna.study import StudyDirection
 
-from ftlab.sweep.record import BASELINE_ATTR
+from ftlab.record import BASELINE_ATTR
 from ftlab.sweep.summary import baseline_trial, best_trial, compare, gain, pareto_front
 
 
@@ -68,3 +68,14 @@ def test_several_objectives_pick_from_the_pareto_front_by_the_first() -> None:
     study = study_with([[5.0, 1.0], [4.0, 3.0], [4.5, 2.0], [6.0, 4.0]], ["minimize", "minimize"])
     assert sorted(trial.number for trial in pareto_front(study)) == [0, 1, 2]
     assert best_trial(study).number == 1
+
+
+def test_one_json_shape_for_status_best_and_the_export() -> None:
+    # `ftlab status --json` ("best"), `ftlab best --json` and the export's card read the same object.
+    study = study_with([[5.0, 1.0], [4.0, 3.0], [4.5, 2.0], [6.0, 4.0]], ["minimize", "minimize"])
+    shown = compare(study, "eval/loss").as_json()
+    assert (shown["trial"], shown["best_trial"], shown["best_value"], shown["values"]) == (1, 1, 4.0, [4.0, 3.0])
+    assert (shown["baseline"]["trial"], shown["baseline_trial"], shown["baseline_value"]) == (0, 0, 5.0)
+    assert shown["gain"] == {"absolute": shown["absolute_gain"], "relative": shown["relative_gain"]}
+    assert shown["gain"]["absolute"] == pytest.approx(1.0)
+    assert sorted(shown["pareto_front"]) == [0, 1, 2]

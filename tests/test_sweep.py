@@ -20,6 +20,7 @@ import optuna
 import pytest
 
 from tests.helpers import SMALL_SWEEP, local_client, run_ftlab, runs_of, sweep_in_process, write_sweep
+from tests.support.faults import fault_env
 
 pytestmark = pytest.mark.integration
 
@@ -174,9 +175,9 @@ def test_faults_stay_inside_their_trials_and_the_sweep_goes_on(tmp_path: Path) -
     # Trial 0 runs out of memory once (simulated), trial 1's loss turns NaN, trial 2 segfaults; trial 3 is healthy.
     faults = "oom_at_step=2,oom_above_batch=2,trial=0;nan_at_step=3,trial=1;segfault_at_step=2,trial=2"
     write_sweep(tmp_path, budget={"n_trials": 2})
-    sweep_in_process(tmp_path, env={"FTLAB_INJECT_FAULT": faults})
+    sweep_in_process(tmp_path, env=fault_env(faults))
     study = load_study(tmp_path)
-    assert [trial.state.name for trial in study.trials] == ["COMPLETE", "PRUNED", "FAIL", "COMPLETE"]
+    assert [trial.state.name for trial in study.trials] == ["COMPLETE", "FAIL", "FAIL", "COMPLETE"]
 
     # Out of memory: retried with half the micro-batch and twice the accumulation, the effective batch kept.
     oom = study.trials[0]
@@ -184,8 +185,8 @@ def test_faults_stay_inside_their_trials_and_the_sweep_goes_on(tmp_path: Path) -
     (run,) = [run for run in runs_of(tmp_path, "small") if run.data.tags.get("optuna.trial.number") == "0"]
     assert run.data.tags["ftlab.oom_retries"] == "4x2->2x4"
     assert run.data.params["total_train_batch_size"] == "8"
-    # NaN loss: pruned, with the reason. Segfault: only that trial failed, with the signal named.
-    assert "nan" in study.trials[1].user_attrs["prune_reason"].lower()
+    # NaN loss: diverged (its settings' failure), with the reason. Segfault: only that trial failed, the signal named.
+    assert study.trials[1].user_attrs["fail_reason"].startswith("diverged: training loss became nan")
     assert "SIGSEGV" in study.trials[2].user_attrs["fail_reason"]
     assert_runs_match_trials(tmp_path, study)
 

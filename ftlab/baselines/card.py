@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict
 from ftlab.baselines.trainer_format import TRAINER_LINES, number
 from ftlab.config import TRAIN_KEYS
 from ftlab.errors import CardError
+from ftlab.filekind import not_a_file_message
 
 NOT_A_CARD_FIX = "pass a README.md written by transformers' Trainer (it has a '### Training hyperparameters' list)"
 
@@ -130,7 +131,9 @@ def load_card(path: str | Path) -> CardBaseline:
         path = path / "README.md"
     if not path.is_file():
         raise CardError.single(
-            "model card not found", where=str(path), fix="check the path, or use a built-in baseline name"
+            not_a_file_message(path, "model card"),
+            where=str(path),
+            fix="name a README.md file (or a model folder holding one), or use a built-in baseline name",
         )
     try:
         text = path.read_text(encoding="utf-8")

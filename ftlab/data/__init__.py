@@ -1,7 +1,8 @@
-"""Training data: load text, tokenize it, pack it into fixed-size blocks, hold out validation, and cache the result.
+"""Training data: load text, tokenize it, pack it into fixed-size blocks, hold out validation (and optionally a
+holdout split), and cache the result.
 
 - ``_source``: where the text comes from (hub dataset or checked local files) and the fingerprint that names it.
-- ``_documents``: reading the source into the documents of a train and a validation split.
+- ``_documents``: reading the source into the documents of a train, a validation and (optionally) a holdout split.
 - ``_blocks``: tokenizing the documents and packing them into blocks, the content of a cache entry.
 - ``_cache``: :func:`prepare_data`, which builds an entry once and loads it from then on.
 

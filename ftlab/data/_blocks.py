@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from transformers import PreTrainedTokenizerBase
@@ -20,13 +21,16 @@ from ftlab.data._documents import load_documents
 from ftlab.data._source import FORMAT_VERSION, Source
 from ftlab.errors import DataError
 
+# Longer documents are tokenized in pieces of about this many characters: memory stays bounded (see _tokenize_long).
+_LONG_DOCUMENT_CHARS = 1 << 20
 _PACK_BATCH_DOCS = 10_000  # documents packed together; the remainder (< block_size tokens) of each batch is dropped
 
 
 def build_splits(
     config: DataConfig, source: Source, tokenizer: PreTrainedTokenizerBase, fingerprint: str, out: Path, work: Path
 ) -> dict[str, Any]:
-    """Save the packed ``train`` and ``validation`` splits under ``out``; returns what the entry's meta file holds.
+    """Save the packed ``train``, ``validation`` and (with ``data.holdout_fraction``) ``holdout`` splits under ``out``;
+    returns what the entry's meta file holds.
 
     ``work`` is a scratch folder for intermediate files, which the caller deletes afterwards.
     """
@@ -55,7 +59,7 @@ def build_splits(
         )
         total = pc.sum(pc.list_value_length(tokens.data.column("input_ids"))).as_py() or 0
         if total < config.block_size:
-            more = "a larger `data.validation_fraction`" if part.held_out else "more text"
+            more = f"a larger `{part.cut_by}`" if part.cut_by else "more text"
             raise DataError.single(
                 f"the {split} split has {total} tokens from {len(part.docs)} document(s) ({part.label}), fewer than "
                 f"one block of {config.block_size} tokens",
@@ -82,12 +86,21 @@ def _tokenize(
     eos = tokenizer.eos_token_id
     text_column = docs.column_names[0]
 
-    def tokenize(texts: list[str]) -> dict[str, list[list[int]]]:
+    def tokenize(texts: list[str]) -> dict[str, list[Any]]:
         if strip_newlines:
             texts = [text.strip("\n") for text in texts]
+        short = [index for index, text in enumerate(texts) if len(text) <= _LONG_DOCUMENT_CHARS]
         # verbose=False: documents longer than the model's context are expected here; packing cuts them.
-        ids = tokenizer(texts, return_attention_mask=False, verbose=False)["input_ids"]
-        return {"input_ids": [[*seq, eos] for seq in ids]}
+        ids = []
+        if short:  # a batch of long documents only: the tokenizer fails on an empty list
+            ids = tokenizer([texts[i] for i in short], return_attention_mask=False, verbose=False)["input_ids"]
+        out: list[Any] = [None] * len(texts)
+        for index, seq in zip(short, ids, strict=True):
+            out[index] = [*seq, eos]
+        for index, text in enumerate(texts):
+            if out[index] is None:
+                out[index] = _tokenize_long(text, tokenizer, eos)
+        return {"input_ids": out}
 
     # Results go to a file in the scratch folder, deleted after the splits are saved: memory stays bounded for large
     # data (unlike keep_in_memory=True) and nothing lands in datasets' own cache. An explicit fingerprint spares
@@ -102,6 +115,27 @@ def _tokenize(
         new_fingerprint=fingerprint,
         load_from_cache_file=False,
     )
+
+
+def _tokenize_long(text: str, tokenizer: PreTrainedTokenizerBase, eos: int) -> np.ndarray:
+    """A long document's tokens (and EOS), tokenized piece by piece.
+
+    Whole, a 50 MB one-line file took the tokenizer 87 s and 7 GB (its per-token offsets and strings, then a Python
+    list of ten million ints). Pieces end before a space, where byte-level BPE tokenizers start a new word anyway, so
+    the tokens are those of the whole text for ordinary prose; a piece without a space is cut where it is.
+    """
+    pieces = []
+    start = 0
+    while start < len(text):
+        end = min(start + _LONG_DOCUMENT_CHARS, len(text))
+        if end < len(text):
+            space = text.rfind(" ", start + _LONG_DOCUMENT_CHARS // 2, end)
+            end = space if space > start else end
+        ids = tokenizer(text[start:end], return_attention_mask=False, verbose=False)["input_ids"]
+        pieces.append(np.asarray(ids, dtype=np.int32))
+        start = end
+    pieces.append(np.asarray([eos], dtype=np.int32))
+    return np.concatenate(pieces)
 
 
 def _pack(tokens: datasets.Dataset, block_size: int, cache_file: Path, fingerprint: str) -> datasets.Dataset:

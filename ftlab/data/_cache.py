@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +25,7 @@ from ftlab.config import DataConfig
 from ftlab.data._blocks import build_splits
 from ftlab.data._source import fingerprint, resolve_source
 from ftlab.errors import DataError
-from ftlab.fileio import atomic_write_json, build_once
+from ftlab.fileio import NoSpaceError, atomic_write_json, build_once
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ _META_FILE = "ftlab-data.json"  # written last into the cache folder; its presen
 
 @dataclass(frozen=True)
 class PreparedData:
-    """Tokenized, packed training and validation blocks, ready for a causal-LM trainer."""
+    """Tokenized, packed training, validation and (optionally) holdout blocks, ready for a causal-LM trainer."""
 
     train: datasets.Dataset
     """One column ``input_ids``: exactly ``block_size`` token ids per row, no padding."""
@@ -46,6 +46,13 @@ class PreparedData:
     validation_tokens: int
     from_cache: bool
     """True when the splits were loaded from an earlier preparation and nothing was tokenized."""
+    holdout: datasets.Dataset | None = None
+    """With ``data.holdout_fraction`` set: same layout as ``train``, from documents of neither other split. Only
+    ``ftlab confirm``'s runs evaluate on it; sweep trials never do."""
+
+    @property
+    def holdout_tokens(self) -> int:
+        return 0 if self.holdout is None else len(self.holdout) * self.holdout.features["input_ids"].length
 
     def train_tensor(self) -> torch.Tensor:
         """The training blocks as an int64 tensor of shape ``[n_blocks, block_size]``."""
@@ -54,6 +61,10 @@ class PreparedData:
     def validation_tensor(self) -> torch.Tensor:
         """The validation blocks as an int64 tensor of shape ``[n_blocks, block_size]``."""
         return _as_tensor(self.validation)
+
+    def holdout_tensor(self) -> torch.Tensor | None:
+        """The holdout blocks as an int64 tensor of shape ``[n_blocks, block_size]``; None without a holdout."""
+        return None if self.holdout is None else _as_tensor(self.holdout)
 
 
 def _as_tensor(blocks: datasets.Dataset) -> torch.Tensor:
@@ -87,8 +98,10 @@ def prepare_data(
 
     Each document gets the tokenizer's EOS token appended; documents are then concatenated and cut into blocks of
     ``config.block_size`` tokens (the remainder is dropped). Without a validation split in the data, a deterministic
-    ``config.validation_fraction`` of the documents is held out with ``config.split_seed``. The result is cached under
-    ``config.cache_dir`` (relative to the current directory); parallel processes wait for each other on a file lock.
+    ``config.validation_fraction`` of the documents is held out with ``config.split_seed``; with
+    ``config.holdout_fraction`` set, another share of the training documents becomes the holdout split the same way.
+    The result is cached under ``config.cache_dir`` (relative to the current directory); parallel processes wait for
+    each other on a file lock.
 
     Args:
         config: the sweep's ``data`` block; ``demo://`` names must already be resolved (``load_sweep`` does it).
@@ -100,8 +113,8 @@ def prepare_data(
         The packed splits, their token counts and the fingerprint that names their cache entry.
 
     Raises:
-        DataError: missing, empty, undecodable or too short data, a missing text column, an unsupported file
-            extension, an unwritable cache folder, or a hub dataset that cannot be loaded.
+        DataError: missing, unreadable, empty, undecodable or too short data, a missing text column, an unsupported
+            file extension, an unwritable cache folder (or no room in it), or a hub dataset that cannot be loaded.
     """
     source = resolve_source(config, base_dir)
     key = fingerprint(config, source, tokenizer)
@@ -126,12 +139,27 @@ def prepare_data(
 
     started = time.perf_counter()
     with _progress_bars_off():
-        built = build_once(entry, build, _is_complete)
+        built = _build_or_say_why(entry, build, config.cache_dir)
         if built:
             logger.info("Prepared data in %.1f s, cached in %s", time.perf_counter() - started, entry)
         else:
             logger.info("Using cached data %s from %s", key, entry)
         return _load_prepared(entry, key, from_cache=not built)
+
+
+def _build_or_say_why(entry: Path, build: Callable[[Path], None], cache_dir: str) -> bool:
+    """:func:`build_once`, with a write that fails (full disk, file-size limit, read-only folder) as a
+    :class:`DataError` naming the cache folder; the half-built entry is removed by ``build_once``."""
+    try:
+        return build_once(entry, build, _is_complete)
+    except OSError as error:
+        reason = str(error) if isinstance(error, NoSpaceError) else f"{error.strerror or error} ({entry})"
+        raise DataError.single(
+            f"cannot write the prepared data: {reason}",
+            where="data.cache_dir",
+            value=cache_dir,
+            fix="make room (or raise `ulimit -f`), or point `data.cache_dir` at a writable folder with space",
+        ) from None
 
 
 def _is_complete(entry: Path) -> bool:
@@ -141,6 +169,8 @@ def _is_complete(entry: Path) -> bool:
 def _load_prepared(folder: Path, fingerprint: str, *, from_cache: bool) -> PreparedData:
     train = datasets.load_from_disk(str(folder / "train"))
     validation = datasets.load_from_disk(str(folder / "validation"))
+    # Only an entry of data with a holdout has one (its fingerprint says so).
+    holdout = datasets.load_from_disk(str(folder / "holdout")) if (folder / "holdout").is_dir() else None
     block_size = train.features["input_ids"].length
     return PreparedData(
         train=train,
@@ -149,6 +179,7 @@ def _load_prepared(folder: Path, fingerprint: str, *, from_cache: bool) -> Prepa
         train_tokens=len(train) * block_size,
         validation_tokens=len(validation) * block_size,
         from_cache=from_cache,
+        holdout=holdout,
     )
 
 

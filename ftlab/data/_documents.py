@@ -1,8 +1,9 @@
-"""Reading a source into the non-blank documents of a train and a validation split.
+"""Reading a source into the non-blank documents of a train, a validation and (optionally) a holdout split.
 
 Local ``.txt`` files give one document per blank-line-separated paragraph; json/jsonl, csv, parquet and hub datasets
 give one per row of the text column. Without a validation split in the data, a deterministic share of the documents
-(not of the blocks, so no document straddles the two) is held out.
+(not of the blocks, so no document straddles the two) is held out. With ``data.holdout_fraction`` set, another share
+is cut from the training documents the same way: the holdout split that only ``ftlab confirm`` evaluates on.
 """
 
 from __future__ import annotations
@@ -29,11 +30,12 @@ class Documents:
 
     docs: datasets.Dataset
     label: str  # that key with the files or dataset split, e.g. "data.train_files a.txt, b.txt"
-    held_out: bool = False  # cut from the training documents by the validation split
+    cut_by: str | None = None  # the setting that cut it from the training documents: data.validation_fraction…
 
 
 def load_documents(config: DataConfig, source: Source, work: Path) -> dict[str, Documents]:
-    """Non-blank documents of the ``train`` and ``validation`` splits; ``work`` is a scratch folder for datasets."""
+    """Non-blank documents of the ``train``, ``validation`` and (with ``data.holdout_fraction``) ``holdout`` splits;
+    ``work`` is a scratch folder for datasets."""
     if source.dataset is not None:
         raw = _load_hub(source)
         text_column = config.text_column
@@ -61,9 +63,15 @@ def load_documents(config: DataConfig, source: Source, work: Path) -> dict[str, 
         for split in ("train", "validation")
         if split in raw
     }
-    if "validation" in documents:
-        return documents
-    train = documents["train"]
+    n_docs = len(documents["train"].docs)
+    if "validation" not in documents:
+        documents["train"], documents["validation"] = _validation_split(config, documents["train"], work)
+    if config.holdout_fraction:
+        documents["train"], documents["holdout"] = _holdout_split(config, documents["train"], n_docs, work)
+    return documents
+
+
+def _validation_split(config: DataConfig, train: Documents, work: Path) -> tuple[Documents, Documents]:
     n_docs = len(train.docs)
     if n_docs - math.ceil(config.validation_fraction * n_docs) < 1:  # the rule train_test_split applies
         raise DataError.single(
@@ -80,10 +88,40 @@ def load_documents(config: DataConfig, source: Source, work: Path) -> dict[str, 
         train_indices_cache_file_name=str(work / "split-train-indices.arrow"),
         test_indices_cache_file_name=str(work / "split-validation-indices.arrow"),
     )
-    return {
-        "train": Documents(halves["train"], train.label),
-        "validation": Documents(halves["test"], f"{train.label}, held out", held_out=True),
-    }
+    return (
+        Documents(halves["train"], train.label),
+        Documents(halves["test"], f"{train.label}, held out", cut_by="data.validation_fraction"),
+    )
+
+
+def _holdout_split(config: DataConfig, train: Documents, n_all: int, work: Path) -> tuple[Documents, Documents]:
+    """Cut ``data.holdout_fraction`` of all ``n_all`` training documents from those left to train on (``train``).
+
+    After the validation split, not before: the validation documents stay those of the same data without a holdout,
+    and only the training documents shrink.
+    """
+    count = math.ceil(config.holdout_fraction * n_all)
+    n_docs = len(train.docs)
+    if n_docs - count < 1:
+        raise DataError.single(
+            f"cannot hold out {count} holdout document(s) and keep one to train on: {n_docs} training document(s) "
+            f"({train.label})",
+            where="data.holdout_fraction",
+            value=config.holdout_fraction,
+            fix="use more documents (blank-line-separated paragraphs in .txt files), or a smaller "
+            "`data.holdout_fraction`",
+        )
+    # By document, as the validation split: a count, as the share is of the documents before that split.
+    halves = train.docs.train_test_split(
+        test_size=count,
+        seed=config.split_seed,
+        train_indices_cache_file_name=str(work / "holdout-train-indices.arrow"),
+        test_indices_cache_file_name=str(work / "holdout-indices.arrow"),
+    )
+    return (
+        Documents(halves["train"], train.label),
+        Documents(halves["test"], f"{train.label}, holdout", cut_by="data.holdout_fraction"),
+    )
 
 
 def _load_hub(source: Source) -> datasets.DatasetDict:

@@ -19,6 +19,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ftlab.config import DataConfig
 from ftlab.errors import DataError
+from ftlab.filekind import not_a_file_message
 
 FORMAT_VERSION = 1
 """Bump when the layout or content of cached splits changes, so that old caches are not reused."""
@@ -91,12 +92,7 @@ def _resolve_files(values: list[str], key: str, base: Path) -> list[Path]:
                     fix="check the pattern and the folder it is relative to",
                 )
         elif not path.is_file():
-            raise DataError.single(
-                "file not found",
-                where=where,
-                value=str(path),
-                fix="check the path; relative paths are resolved against the sweep file's folder",
-            )
+            raise _not_a_file(path, where)
         else:
             matches = [path]
         for match in matches:
@@ -114,8 +110,33 @@ def _resolve_files(values: list[str], key: str, base: Path) -> list[Path]:
                     value=str(match),
                     fix="fill it with text or remove it from the list",
                 )
+            _check_readable(match, where)
         paths += matches
     return paths
+
+
+def _not_a_file(path: Path, where: str) -> DataError:
+    """Say what is at ``path`` instead of a data file: nothing, a folder, or a FIFO, device or socket."""
+    fix = "check the path; relative paths are resolved against the sweep file's folder"
+    if path.is_dir():
+        fix = f"list its files, e.g. {str(path / '*.txt')!r}, or name one file"
+    elif path.exists():  # a FIFO would block the reader, a device would never end
+        fix = "save the data to a regular file and name that file"
+    return DataError.single(not_a_file_message(path, "data file"), where=where, value=str(path), fix=fix)
+
+
+def _check_readable(path: Path, where: str) -> None:
+    """Open it once here, so that a file this user may not read is named, not a traceback from deep in a reader."""
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as error:
+        raise DataError.single(
+            f"cannot read the file {path}: {error.strerror or error}",
+            where=where,
+            value=str(path),
+            fix="make it readable for this user (chmod / chown), or list a copy that is",
+        ) from None
 
 
 def fingerprint(config: DataConfig, source: Source, tokenizer: PreTrainedTokenizerBase) -> str:
@@ -141,6 +162,9 @@ def fingerprint(config: DataConfig, source: Source, tokenizer: PreTrainedTokeniz
         "max_train_blocks": config.max_train_blocks,
         "max_eval_blocks": config.max_eval_blocks,
     }
+    if config.holdout_fraction:
+        # Only when set: data without a holdout keeps the fingerprint (and cache entry) it had before holdouts existed.
+        payload["holdout_fraction"] = config.holdout_fraction
     text = json.dumps(payload, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:_FINGERPRINT_CHARS]
 

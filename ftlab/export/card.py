@@ -154,7 +154,8 @@ def confirmation_section(found: Confirmation, exported_trial: int) -> str:
         "",
         f"`ftlab confirm` trained the baseline and the sweep's best configurations again with the training seeds "
         f"{', '.join(map(str, found.seeds))} (data order and dropout change; the validation split does not) and "
-        f"compared each with the baseline by Welch's t-test on {found.metric}:",
+        f"compared each with the baseline on {', '.join(found.metrics)} by {found.method()}. Confirmed: "
+        f"{found.selection or 'the configurations listed'}.",
         "",
         found.table(),
         "",

@@ -20,17 +20,20 @@ from mlflow import MlflowClient
 
 from ftlab.config import SweepConfig, TrainConfig
 from ftlab.data import prepare_data
-from ftlab.errors import UserError
-from ftlab.export.best import BestTrial, select_best
+from ftlab.export.best import select_best
 from ftlab.export.card import CardFacts, confirmation_section, render_card
 from ftlab.export.registry import register_model
+from ftlab.export.target import ExportRefusedError, check_export_target, local_store_paths
 from ftlab.fileio import atomic_path, atomic_write_json
+from ftlab.folders import naming_write_errors
+from ftlab.record import TrialRecord
 from ftlab.settings import resolve_train_config
+from ftlab.storage import storage_url_for
 from ftlab.sweep.confirm import load_confirmation
-from ftlab.sweep.orchestrate import open_sweep_study, tracking_uri_for
-from ftlab.sweep.record import TrialRecord
 from ftlab.sweep.space import params_to_overrides
-from ftlab.tracking import TrackedRun, experiment_name
+from ftlab.sweep.study import open_sweep_study
+from ftlab.sweep.summary import Comparison
+from ftlab.tracking import TrackedRun, experiment_name, tracking_uri_for
 from ftlab.training.metrics import evaluate, perplexity
 from ftlab.training.runtime import Runtime
 from ftlab.trial import load_tokenizer, run_trial
@@ -38,10 +41,6 @@ from ftlab.trial import load_tokenizer, run_trial
 RELATIVE_TOLERANCE = 1e-3
 # What a Hugging Face model directory holds; anything else in a trial's folder (checkpoints, progress) stays behind.
 _MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json")
-
-
-class ExportRefusedError(UserError):
-    """The export would not be trustworthy (weights that do not reproduce the recorded metric, a non-empty folder)."""
 
 
 @dataclass
@@ -64,29 +63,30 @@ def trial_train_config(sweep: SweepConfig, sweep_dir: Path, record: TrialRecord)
     return resolve_train_config(sweep, sweep_dir, overrides)
 
 
-def _check_target(out_dir: Path, force: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ExportRefusedError.single("the export target is a file", where=str(out_dir), fix="choose a folder path")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        raise ExportRefusedError.single(
-            "the export folder is not empty", where=str(out_dir), fix="choose an empty folder or pass --force"
-        )
+def _protected(sweep_file: Path, storage_url: str, tracking_uri: str) -> dict[str, Path]:
+    """What an export must never delete: the results it is made from, the sweep file, the current folder."""
+    protected = {"the sweep file": sweep_file, "the current folder": Path.cwd()}
+    for path in local_store_paths(storage_url)[:1]:  # the database; an artifacts folder beside it is MLflow's
+        protected[f"the study storage {path.name}"] = path
+    for path in local_store_paths(tracking_uri):
+        protected[f"the MLflow store {path.name}"] = path
+    return protected
 
 
 def _fetch_weights(
-    best: BestTrial, sweep: SweepConfig, sweep_dir: Path, train: TrainConfig, tracking_uri: str, staging: Path
+    winner: Comparison, sweep: SweepConfig, sweep_dir: Path, train: TrainConfig, tracking_uri: str, staging: Path
 ) -> tuple[Path, str]:
     """A folder holding the winner's model; and where it came from."""
-    local = best.record.model_dir
+    local = winner.best.model_dir
     if local and (Path(local) / "config.json").is_file():
         return Path(local), f"local trial folder {local}"
-    run_id = best.record.mlflow_run_id
+    run_id = winner.best.mlflow_run_id
     client = MlflowClient(tracking_uri=tracking_uri)
     if run_id and any(artifact.path == "model" for artifact in client.list_artifacts(run_id)):
         return Path(client.download_artifacts(run_id, "model", str(staging))), f"MLflow artifact runs:/{run_id}/model"
     # No stored weights (tracking.artifacts: none, and the local folder is gone): re-train with the trial's own seed.
-    name = f"retrain-trial-{best.record.number:03d}"
-    tags = {"ftlab.retrain_of_trial": str(best.record.number), "ftlab.retrain_of_run": str(run_id)}
+    name = f"retrain-trial-{winner.best.number:03d}"
+    tags = {"ftlab.retrain_of_trial": str(winner.best.number), "ftlab.retrain_of_run": str(run_id)}
     with TrackedRun.start(tracking_uri, experiment_name(sweep), name, tags=tags) as run:
         trial_dir = Path(train.output_dir) / sweep.name / f"{name}-{run.run_id[:8]}"
         record = run_trial(sweep, train, run, trial_dir, sweep_dir=sweep_dir)
@@ -120,22 +120,22 @@ def _copy_model(source: Path, target: Path, sweep: SweepConfig) -> None:
     load_tokenizer(sweep).save_pretrained(target)
 
 
-def _provenance(best: BestTrial, train: TrainConfig, study: optuna.Study, fingerprint: str, measured: float,
+def _provenance(winner: Comparison, train: TrainConfig, study: optuna.Study, fingerprint: str, measured: float,
                 weights_from: str, tracking_uri: str) -> dict[str, Any]:  # fmt: skip
-    run_id = best.record.mlflow_run_id
+    run_id = winner.best.mlflow_run_id
     commit = None
     if run_id:
         commit = MlflowClient(tracking_uri=tracking_uri).get_run(run_id).data.tags.get("mlflow.source.git.commit")
     return {
         "study": study.study_name,
-        "trial": best.record.number,
+        "trial": winner.best.number,
         "mlflow_run_id": run_id,
         "data_fingerprint": fingerprint,
         "git_commit": commit,
         "seed": train.seed,
-        "params": best.record.params,
+        "params": winner.best.params,
         "train": train.model_dump(),
-        "eval_loss_recorded": best.record.eval_loss,
+        "eval_loss_recorded": winner.best.eval_loss,
         "eval_loss_measured": measured,
         "weights_from": weights_from,
     }
@@ -153,57 +153,62 @@ def export_best(
     """Export the sweep's best trial to ``out_dir`` (see the module docstring).
 
     Raises:
-        UserError: no completed trial, a non-empty ``out_dir`` without ``force``, or weights whose eval loss does not
-            reproduce the recorded one within 1e-3 relative.
+        UserError: no completed trial, an ``out_dir`` that is not new, empty or (with ``force``) an earlier export,
+            or that holds the study, the MLflow store, the sweep file or the current folder (see
+            :mod:`ftlab.export.target`); or weights whose eval loss does not reproduce the recorded one within 1e-3
+            relative. A failure leaves an earlier export in ``out_dir`` as it was.
     """
     sweep, study = open_sweep_study(sweep_file, storage_url)
     sweep_dir = sweep_file.parent
     uri = tracking_uri_for(sweep, tracking_uri)
-    best = select_best(study, sweep, str(sweep_file))
+    winner = select_best(study, sweep, str(sweep_file))
     confirmed = load_confirmation(sweep, storage_url)
-    _check_target(out_dir, force)
-    train = trial_train_config(sweep, sweep_dir, best.record)
-    recorded = best.record.eval_loss
+    check_export_target(out_dir, force, _protected(sweep_file, storage_url_for(sweep, storage_url), uri))
+    train = trial_train_config(sweep, sweep_dir, winner.best)
+    recorded = winner.best.eval_loss
     if recorded is None:
         raise ExportRefusedError.single(
             "the best trial has no recorded eval loss to check the weights against",
-            where=f"trial {best.record.number}",
+            where=f"trial {winner.best.number}",
             fix="re-run the sweep with this version of ftlab",
         )
 
-    with tempfile.TemporaryDirectory(prefix="ftlab-export-") as download, atomic_path(out_dir) as build:
-        weights, weights_from = _fetch_weights(best, sweep, sweep_dir, train, uri, Path(download))
+    # A folder that turns read-only, or a file put in the way, after the check: one line, no half-made export.
+    writes = naming_write_errors(f"--export {out_dir}", "choose a folder you can write in")
+    with writes, tempfile.TemporaryDirectory(prefix="ftlab-export-") as download, atomic_path(out_dir) as build:
+        weights, weights_from = _fetch_weights(winner, sweep, sweep_dir, train, uri, Path(download))
         measured, fingerprint = measure_eval_loss(weights, sweep, sweep_dir, train)
         if abs(measured - recorded) > RELATIVE_TOLERANCE * abs(recorded):
             raise ExportRefusedError.single(
-                f"the weights evaluate to eval loss {measured:.6f}, but trial {best.record.number} recorded "
+                f"the weights evaluate to eval loss {measured:.6f}, but trial {winner.best.number} recorded "
                 f"{recorded:.6f} (more than {RELATIVE_TOLERANCE:g} relative apart): they are not the measured model",
                 where=weights_from,
                 fix="check that the data and model files did not change since the sweep, or re-run the trial",
             )
         _copy_model(weights, build, sweep)
         facts = CardFacts(
-            model_name=f"{sweep.name}-trial-{best.record.number}",
+            model_name=f"{sweep.name}-trial-{winner.best.number}",
             sweep=sweep,
             train=train,
             eval_loss=measured,
             perplexity=perplexity(measured),
-            train_loss=best.record.train_loss,
-            tokens_seen=best.record.tokens_seen,
-            trial_number=best.record.number,
+            train_loss=winner.best.train_loss,
+            tokens_seen=winner.best.tokens_seen,
+            trial_number=winner.best.number,
             trials_run=len(study.trials),
             study_name=study.study_name,
-            mlflow_run_id=best.record.mlflow_run_id,
-            baseline=best.as_json(uri)["baseline"],
-            gain=(best.gain.absolute, best.gain.relative) if best.gain else (None, None),
-            extra_sections=[confirmation_section(confirmed, best.record.number)] if confirmed else [],
+            mlflow_run_id=winner.best.mlflow_run_id,
+            baseline=winner.as_json()["baseline"],
+            gain=(winner.gain.absolute, winner.gain.relative) if winner.gain else (None, None),
+            extra_sections=[confirmation_section(confirmed, winner.best.number)] if confirmed else [],
         )
         (build / "README.md").write_text(render_card(facts))
-        provenance = _provenance(best, train, study, fingerprint, measured, weights_from, uri)
+        provenance = _provenance(winner, train, study, fingerprint, measured, weights_from, uri)
         provenance["confirmation"] = confirmed.as_json() if confirmed else None
         atomic_write_json(build / "ftlab.json", provenance, indent=2)
 
     registered = None
     if register:
-        registered = register_model(uri, best, out_dir, register, measured)
-    return ExportResult(out_dir, best.record.number, recorded, measured, weights_from, registered)
+        confirmation = confirmed.as_json() if confirmed else None
+        registered = register_model(uri, winner, out_dir, register, measured, confirmation)
+    return ExportResult(out_dir, winner.best.number, recorded, measured, weights_from, registered)

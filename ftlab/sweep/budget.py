@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from optuna.trial import TrialState
 
-from ftlab.sweep.record import TrialRecord
+from ftlab.record import TrialRecord
 
 
 class Decision(enum.Enum):
@@ -33,10 +33,14 @@ class Budget:
     """Run the enqueued trials and nothing else (a confirmation's plan): done when none waits or runs."""
 
 
-def decide(states: Iterable[TrialState], budget: Budget, grid_exhausted: bool = False) -> Decision:
+def decide(
+    states: Iterable[TrialState], budget: Budget, grid_exhausted: bool = False, baseline_waiting: bool = False
+) -> Decision:
     """Whether a worker may start another trial, given the states of every trial in the study.
 
     WAITING trials (the enqueued baseline, retries) are not started yet: they count once a worker asks for them.
+    ``baseline_waiting``: the baseline (or its retry) waits to run. It runs whatever the budget says, for the search
+    is measured against it: a sweep must not end claiming success while its baseline could still be run.
     """
     counts = Counter(states)
     if budget.fixed:
@@ -45,6 +49,8 @@ def decide(states: Iterable[TrialState], budget: Budget, grid_exhausted: bool = 
         return Decision.WAIT if counts[TrialState.RUNNING] else Decision.DONE
     if grid_exhausted:
         return Decision.DONE
+    if baseline_waiting:
+        return Decision.START
     started = sum(counts.values()) - counts[TrialState.WAITING]
     if budget.max_trials is not None and started >= budget.max_trials:
         return Decision.DONE

@@ -5,24 +5,23 @@ public API only half covers: it has no public way to get a study's storage, a tr
 handle in another process. MLflow logs system metrics only for the fluent API's "active run", which ftlab's trial
 runs (created by id with MlflowClient) never are. pyproject.toml pins both below their next majors, and
 tests/test_compat.py fails when any touchpoint below disappears. Storages without what ftlab needs get a clear error,
-not an AttributeError.
+not an AttributeError. The storage backends' own touchpoints (Optuna's private heartbeat interface, the gRPC client's
+stub) live with their backend in :mod:`ftlab.storage`; tests/test_compat.py covers them too.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import optuna
 import sqlalchemy
-from optuna.exceptions import UpdateFinishedTrialError
-from optuna.storages import BaseStorage, GrpcStorageProxy, JournalStorage, RDBStorage
+from optuna.storages import BaseStorage, RDBStorage, _CachedStorage
 from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
 from ftlab.errors import UserError
-from ftlab.sweep.resilience import retry_on_connection_loss
+from ftlab.storage import RetryingStorage, SystemAttrHeartbeat
 
 
 class UnsupportedStorageError(UserError):
@@ -60,7 +59,7 @@ def record_heartbeat(study: optuna.Study, trial_id: int) -> None:
 
     Raises:
         UnsupportedStorageError: the storage keeps no heartbeats (an Optuna storage used as is, not opened by
-            :func:`ftlab.sweep.study.open_storage` with heartbeats).
+            :func:`ftlab.storage.open_storage` with heartbeats).
     """
     storage = storage_of(study)
     if not isinstance(storage, BaseHeartbeat) or not is_heartbeat_enabled(storage):
@@ -74,119 +73,14 @@ def record_heartbeat(study: optuna.Study, trial_id: int) -> None:
     storage.record_heartbeat(trial_id)
 
 
-# --- heartbeats for storages that keep none: Optuna's JournalStorage and GrpcStorageProxy -----------------------------
-
-HEARTBEAT_ATTR = "ftlab:heartbeat"  # trial system attribute: the worker's clock (seconds since the epoch) at the beat
-
-StaleTrialCallback = Callable[[optuna.Study, FrozenTrial], None]
-
-
-class SystemAttrHeartbeat(BaseHeartbeat):
-    """Optuna's heartbeat interface on top of any storage: a beat is a trial system attribute holding the worker's
-    clock, and a RUNNING trial whose last beat is older than the grace period is stale. Public stand-in: none;
-    ``BaseHeartbeat`` is private, and it is what ``optuna.storages.fail_stale_trials`` and
-    ``RetryHeartbeatStaleTrialCallback`` go by, so reaping and retries work unchanged on these storages.
-
-    Unlike RDBStorage (the database server's clock), the beats carry each worker's own clock: workers' clocks must
-    agree to well within the grace period (NTP does). Mixed into a storage class first, so its methods are used.
-    """
-
-    _heartbeat_interval: int | None = None
-    _grace_period: int | None = None
-    _stale_trial_callback: StaleTrialCallback | None = None
-
-    def configure_heartbeat(
-        self, interval: int, grace_period: int | None, callback: StaleTrialCallback | None = None
-    ) -> None:
-        """Turn heartbeats on: beats every ``interval`` s, stale after ``grace_period`` s (default 2 intervals)."""
-        self._heartbeat_interval = interval
-        self._grace_period = grace_period or 2 * interval
-        self._stale_trial_callback = callback
-
-    def record_heartbeat(self, trial_id: int) -> None:
-        # A trial told, or reaped by another worker, since the last beat has nothing left to keep alive.
-        with suppress(UpdateFinishedTrialError):
-            self._storage().set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
-
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        assert self._grace_period is not None
-        now = time.time()
-        return [
-            trial._trial_id
-            for trial in self._running(study_id)
-            if HEARTBEAT_ATTR in trial.system_attrs and now - trial.system_attrs[HEARTBEAT_ATTR] > self._grace_period
-        ]
-
-    def _running(self, study_id: int) -> list[FrozenTrial]:
-        return self._storage().get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
-
-    def _storage(self) -> BaseStorage:
-        assert isinstance(self, BaseStorage), "mix SystemAttrHeartbeat into a storage class"
-        return self
-
-    def get_heartbeat_interval(self) -> int | None:
-        return self._heartbeat_interval
-
-    def get_heartbeat_stale_trial_callback(self) -> StaleTrialCallback | None:
-        return self._stale_trial_callback
-
-
-class HeartbeatJournalStorage(SystemAttrHeartbeat, JournalStorage):
-    """Optuna's JournalStorage (a log file on a filesystem every worker shares) with ftlab's heartbeats."""
-
-
-class HeartbeatGrpcStorageProxy(SystemAttrHeartbeat, GrpcStorageProxy):
-    """Optuna's gRPC storage proxy client with ftlab's heartbeats, kept in the storage behind the proxy, and every
-    call retried as a lost database connection is (:class:`_RetryingStub`)."""
-
-    def _setup(self) -> None:
-        # Public stand-in: none; the client's stub and its trials' cache are private, and every call goes through them.
-        super()._setup()
-        self._stub = _RetryingStub(self._stub)
-        self._cache.grpc_client = self._stub
-
-
-# The proxy answers a database error inside an operation (a restart, a dropped connection) with status UNKNOWN and
-# Optuna's StorageInternalError message; the database has rolled that operation back, so it can be sent again.
-_ROLLED_BACK_DETAILS = "An exception is raised during the commit"
-
-
-def is_transient_grpc_error(error: BaseException) -> bool:
-    """True for a gRPC storage call worth sending again: the proxy unreachable or restarting (UNAVAILABLE), or its
-    database connection lost during the call (UNKNOWN with StorageInternalError's message)."""
-    import grpc
-
-    if not isinstance(error, grpc.RpcError) or not isinstance(error, grpc.Call):
-        return False
-    code = error.code()
-    return code == grpc.StatusCode.UNAVAILABLE or (
-        code == grpc.StatusCode.UNKNOWN and _ROLLED_BACK_DETAILS in (error.details() or "")
-    )
-
-
-class _RetryingStub:
-    """The proxy client's gRPC stub, each call retried with backoff while it fails transiently, for as long as ftlab
-    rides out a lost database connection (``resilience.RECONNECT_TIMEOUT_S``). Through the proxy, a database restart
-    otherwise reaches every worker as an error that ends it (benchmarks/scale_out.py, chaos ``pg_restart``)."""
-
-    def __init__(self, stub: object) -> None:
-        self._stub = stub
-
-    def __getattr__(self, name: str) -> Callable[..., object]:
-        call = getattr(self._stub, name)
-
-        def retried(*args: object, **kwargs: object) -> object:
-            return retry_on_connection_loss(lambda: call(*args, **kwargs), also=is_transient_grpc_error)
-
-        return retried
-
-
 def rdb_backend(study: optuna.Study) -> RDBStorage | None:
     """The RDB storage behind the study, or None for any other kind. Optuna wraps an RDBStorage in a private
-    cache (``_CachedStorage._backend``); public stand-in: none."""
+    cache (``_CachedStorage._backend``), and ftlab that in :class:`ftlab.storage.RetryingStorage`; public stand-in:
+    none."""
     storage = storage_of(study)
-    backend = getattr(storage, "_backend", storage)
-    return backend if isinstance(backend, RDBStorage) else None
+    while not isinstance(storage, RDBStorage) and isinstance(storage, RetryingStorage | _CachedStorage):
+        storage = storage._backend
+    return storage if isinstance(storage, RDBStorage) else None
 
 
 # Optuna's stale-trial check skips RUNNING trials that never sent a heartbeat. Public stand-in: none; this reads
@@ -201,13 +95,7 @@ def running_trials_without_heartbeat(study: optuna.Study) -> list[int]:
     """Ids of RUNNING trials that never recorded a heartbeat (empty for storages without heartbeats)."""
     storage = storage_of(study)
     if isinstance(storage, SystemAttrHeartbeat):
-        if storage.get_heartbeat_interval() is None:
-            return []
-        return [
-            trial._trial_id
-            for trial in storage._running(study_id_of(study))
-            if HEARTBEAT_ATTR not in trial.system_attrs
-        ]
+        return storage.running_without_heartbeat(study_id_of(study))
     backend = rdb_backend(study)
     if backend is None or backend.heartbeat_interval is None:
         return []
@@ -215,11 +103,20 @@ def running_trials_without_heartbeat(study: optuna.Study) -> list[int]:
         return list(connection.execute(_NEVER_BEATING, {"study_id": study_id_of(study)}).scalars().all())
 
 
+def stale_trial_ids(study: optuna.Study) -> list[int]:
+    """Ids of RUNNING trials whose heartbeat is older than the grace period, as ``fail_stale_trials`` finds them.
+    Public stand-in: none; ``fail_stale_trials`` fails them at once, and the reaper must look first (a trial that had
+    finished is told COMPLETE, not failed)."""
+    storage = storage_of(study)
+    assert isinstance(storage, BaseHeartbeat), "heartbeats are on: heartbeat_interval_of(study) is not None"
+    return storage._get_stale_trial_ids(study_id_of(study))
+
+
 def grace_period_of(study: optuna.Study) -> float | None:
     """Seconds without a heartbeat after which a running trial counts as dead; None without heartbeats."""
     storage = storage_of(study)
     if isinstance(storage, SystemAttrHeartbeat):
-        return None if storage.get_heartbeat_interval() is None else float(storage._grace_period or 0)
+        return storage.grace_period()
     backend = rdb_backend(study)
     if backend is None or backend.heartbeat_interval is None:
         return None

@@ -6,9 +6,14 @@ run while the sweep process itself imports, opens the study and starts the MLflo
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import multiprocessing
 import multiprocessing.context
 import multiprocessing.forkserver
+import os
+import signal
+import threading
 
 # Modules every trial needs. transformers and MLflow import most of their code lazily, on first use: name the lazy
 # parts a trial uses, or each trial pays for them again (about 2 s per trial on a CPU machine: modeling_utils 1.5 s,
@@ -32,5 +37,36 @@ def trial_process_context() -> multiprocessing.context.BaseContext:
     """The multiprocessing context for trial processes; starts the preloaded fork server if it is not running."""
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(PRELOAD)
-    multiprocessing.forkserver.ensure_running()
+    if _server_pid() is not None:
+        multiprocessing.forkserver.ensure_running()  # restarts a server that died
+        return context
+    # The server imports torch for seconds before it ignores Ctrl-C itself: a Ctrl-C then (a terminal sends it to
+    # the whole process group) printed its KeyboardInterrupt traceback. Started with SIGINT ignored (SIG_IGN survives
+    # exec) it never sees one; the CLI stops it, and trial processes install their own handler.
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main_thread else None
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    atexit.register(stop_trial_server)
     return context
+
+
+def _server_pid() -> int | None:
+    return multiprocessing.forkserver._forkserver._forkserver_pid  # type: ignore[attr-defined]
+
+
+def stop_trial_server() -> None:
+    """Stop the fork server now, also in the middle of its imports.
+
+    Left alone, a server still importing when its command ends (a refusal, Ctrl-C, an error) goes on importing torch
+    for 20-40 s before it notices; trials it started are processes of their own and are not affected.
+    """
+    pid = _server_pid()
+    if pid is None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    multiprocessing.forkserver._forkserver._stop()  # type: ignore[attr-defined]  # reaps it, removes its socket

@@ -4,39 +4,64 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import optuna
 from mlflow import MlflowClient
 from rich.console import Console
 
-from ftlab import paths, preflight
-from ftlab.config import SweepConfig, load_sweep
-from ftlab.errors import UserError
+from ftlab import paths
+from ftlab.config import SweepConfig, check_budget_options
+from ftlab.demo import load_sweep_with_assets
+from ftlab.errors import Problem, UserError
+from ftlab.folders import refused_write
+from ftlab.record import PARENT_RUN_ATTR, REPORTED_ATTR
 from ftlab.settings import resolve_train_config
+from ftlab.storage import (
+    StudyLock,
+    is_concurrent_schema_creation,
+    open_storage,
+    retry_on_connection_loss,
+    storage_url_for,
+)
+from ftlab.sweep import preflight
 from ftlab.sweep.budget import Budget
 from ftlab.sweep.confirm import (
-    PARENT_RUN_NAME,
+    CONFIRM_FIX,
+    DEFAULT_CORRECTION,
     Candidate,
     Confirmation,
     candidates,
     confirm_config,
+    confirm_split,
     confirmation,
     enqueue_plan,
+    refuse_seen_holdout,
     seeds_for,
+    selection_note,
     write_confirmation_report,
 )
+from ftlab.sweep.confirm_runs import confirm_parent_run
+from ftlab.sweep.events import MachineFaultError, PreemptedError, SweepFailingError
 from ftlab.sweep.forkserver import trial_process_context
-from ftlab.sweep.process import WorkerContext, call_in_context
+from ftlab.sweep.job import WorkerContext, call_in_context
+from ftlab.sweep.options import SweepOptions
 from ftlab.sweep.reaper import reap, stale_trial_callback
-from ftlab.sweep.record import PARENT_RUN_ATTR, REPORTED_ATTR
 from ftlab.sweep.report import log_report
-from ftlab.sweep.resilience import is_concurrent_schema_creation, retry_on_connection_loss
-from ftlab.sweep.runner import MachineFaultError, PreemptedError, SweepFailingError, SweepRunner
-from ftlab.sweep.study import StudyLock, create_or_load_study, load_study, open_storage, storage_url_for
+from ftlab.sweep.runs import ParentRun
+from ftlab.sweep.scheduler import Scheduler
+from ftlab.sweep.study import (
+    ACCEPT_CHANGES_FIX,
+    create_or_load_study,
+    open_sweep_study,
+    refuse_changes,
+    sweep_signature,
+)
 from ftlab.sweep.summary import Comparison, compare
+from ftlab.sweep.verdict import Correction
 from ftlab.sweep.view import SweepView
+from ftlab.tracking import tracking_uri_for
 
 
 @dataclass
@@ -49,38 +74,24 @@ class SweepOutcome:
     experiment_id: str
 
 
-def tracking_uri_for(sweep: SweepConfig, override: str | None = None) -> str:
-    """``--tracking-uri``, else the sweep file's ``tracking.uri``, else ``MLFLOW_TRACKING_URI`` or ``./mlruns``."""
-    return override or sweep.tracking.uri or paths.default_tracking_uri()
-
-
-def run_sweep(
-    sweep_file: Path,
-    *,
-    n_trials: int | None = None,
-    timeout: float | None = None,
-    workers: int = 1,
-    storage_url: str | None = None,
-    tracking_uri: str | None = None,
-    console: Console | None = None,
-    live: bool | None = None,
-    seed_salt: int = 0,
-    accept_changes: bool = False,
-) -> SweepOutcome:
+def run_sweep(sweep_file: Path, options: SweepOptions | None = None) -> SweepOutcome:
     """Run (or resume) the sweep in ``sweep_file`` and log its report to the parent MLflow run.
 
-    ``n_trials`` and ``timeout`` override the file's ``budget``; ``n_trials`` counts COMPLETE trials in the study,
-    so running a finished sweep again does nothing and raising ``n_trials`` adds trials.
+    ``options.n_trials`` and ``options.timeout`` override the file's ``budget``; ``n_trials`` counts COMPLETE trials
+    in the study, so running a finished sweep again does nothing and raising ``n_trials`` adds trials.
 
     Raises:
-        UserError: the sweep cannot start (see :mod:`ftlab.preflight`), before any trial does.
+        UserError: ``n_trials`` or ``timeout`` below 1 or 0, or the sweep cannot start (see :mod:`.preflight`),
+            before any trial does.
         SweepFailingError: the trials kept failing (the failure budget); the parent run ends FAILED with the reason.
         PreemptedError: SIGTERM; the running trials saved checkpoints and wait for their retries.
         MachineFaultError: this machine's disk is full; the trial that found out waits for its retry.
     """
-    sweep = load_sweep(sweep_file)
-    complete = n_trials if n_trials is not None else sweep.budget.n_trials
-    timeout = timeout if timeout is not None else sweep.budget.timeout
+    options = options or SweepOptions()
+    check_budget_options(options.n_trials, options.timeout)
+    sweep = load_sweep_with_assets(sweep_file)
+    complete = options.n_trials if options.n_trials is not None else sweep.budget.n_trials
+    timeout = options.timeout if options.timeout is not None else sweep.budget.timeout
     if complete is None and timeout is None:
         raise UserError.single(
             "the sweep has no budget: it would run forever",
@@ -88,59 +99,71 @@ def run_sweep(
             fix="set budget.n_trials or budget.timeout in the file, or pass --n-trials / --timeout",
         )
     budget = Budget(n_trials=complete, max_trials=sweep.budget.max_trials)
-    return run_study(
-        sweep, sweep_file, budget, timeout=timeout, workers=workers, storage_url=storage_url,
-        tracking_uri=tracking_uri, console=console, live=live, seed_salt=seed_salt, accept_changes=accept_changes,
-    )  # fmt: skip
+    return run_study(sweep, sweep_file, budget, replace(options, timeout=timeout))
 
 
 def run_study(
     sweep: SweepConfig,
     sweep_file: Path,
     budget: Budget,
+    options: SweepOptions,
     *,
-    timeout: float | None = None,
-    workers: int = 1,
-    storage_url: str | None = None,
-    tracking_uri: str | None = None,
-    console: Console | None = None,
-    live: bool | None = None,
-    seed_salt: int = 0,
-    accept_changes: bool = False,
-    parent_run_name: str | None = None,
+    parent: ParentRun | None = None,
     prepare: Callable[[optuna.Study], None] | None = None,
     report: Callable[[optuna.Study, str, str, Path], object] | None = None,
     headline: Callable[[optuna.Study], str] | None = None,
+    changes_fix: str = ACCEPT_CHANGES_FIX,
+    check_data: Callable[[str | None], None] | None = None,
 ) -> SweepOutcome:
-    """Check that the study can start, open it, call ``prepare(study)`` under the study lock (a plan enqueues its
+    """Check that the study can start, open it (its trials nested under ``parent``, the sweep's parent run by
+    default), call ``prepare(study)`` under the study lock (a plan enqueues its
     trials there), run trials until ``budget`` is spent, write the report (``report(study, tracking_uri,
     parent_run_id, report_dir)``; the sweep's plots by default) and end the parent run. ``headline(study)`` sums the
-    study up in the view after each COMPLETE trial (the best against the baseline by default). See
-    :func:`run_sweep` for what it raises."""
-    if workers < 1:
+    study up in the view after each COMPLETE trial (the best against the baseline by default). ``options.n_trials``
+    is not read: ``budget`` says when to stop. ``changes_fix`` is the fix a refusal of a changed sweep file offers;
+    ``check_data(fingerprint)`` may refuse the prepared data before the study opens. See :func:`run_sweep` for what it
+    raises."""
+    if options.workers < 1:
         raise UserError.single(
-            "need at least one worker", where="--workers", value=workers, fix="pass --workers 1 or more"
+            "need at least one worker", where="--workers", value=options.workers, fix="pass --workers 1 or more"
         )
-    storage = storage_url_for(sweep, storage_url)
-    uri = tracking_uri_for(sweep, tracking_uri)
-    check_before_trials(sweep, sweep_file, storage_url, tracking_uri)
-    runner = SweepRunner(sweep, sweep_file, storage, uri, workers=workers, seed_salt=seed_salt,
-                         accept_changes=accept_changes, parent_run_name=parent_run_name)  # fmt: skip
+    storage = storage_url_for(sweep, options.storage_url)
+    uri = tracking_uri_for(sweep, options.tracking_uri)
+    data_fingerprint = check_before_trials(sweep, sweep_file, options.storage_url, options.tracking_uri)
+    if check_data is not None:
+        check_data(data_fingerprint)
+    scheduler = Scheduler.open(
+        sweep,
+        sweep_file,
+        storage,
+        uri,
+        workers=options.workers,
+        seed_salt=options.seed_salt,
+        accept_changes=options.accept_changes,
+        parent=parent,
+        data_fingerprint=data_fingerprint,
+        changes_fix=changes_fix,
+    )
     if prepare is not None:
 
         def prepared() -> None:
-            with runner.study_lock.held():
-                prepare(runner.study)
+            with scheduler.study_lock.held():
+                prepare(scheduler.study)
 
         retry_on_connection_loss(prepared)
-    view = SweepView(runner, console or Console(), sweep.objectives[0].metric, live=live, headline=headline)
-    runner.on_event = view.on_event
+    view = SweepView(
+        scheduler,
+        options.console or Console(markup=False),
+        sweep.objectives[0].metric,
+        live=options.live,
+        headline=headline,
+    )
     status, reason = "FINISHED", None
     report_dir = paths.report_dir(sweep.name)
     write_report = report or (lambda study, uri, run_id, out_dir: log_report(study, sweep, uri, run_id, out_dir))
     try:
         with view.context():
-            runner.run(budget, timeout)
+            scheduler.run(budget, options.timeout, on_event=view.on_event)
     except (KeyboardInterrupt, PreemptedError):
         status = "KILLED"
         raise
@@ -151,82 +174,141 @@ def run_study(
         status, reason = "KILLED", f"this machine cannot run trials: {error}"
         raise
     finally:
-        if runner.parent_run_id:
-            # A preempted worker has seconds left, and a full disk no room: whoever runs next writes the report.
-            if (
-                not runner.preempted
-                and runner.machine_fault is None
-                and retry_on_connection_loss(lambda: _report_is_due(runner))
-            ):
-                retry_on_connection_loss(lambda: write_report(runner.study, uri, runner.parent_run_id, report_dir))
-            runner.finish(status, reason)
-    comparison = retry_on_connection_loss(lambda: compare(runner.study, sweep.objectives[0].metric))
-    experiment = MlflowClient(tracking_uri=uri).get_run(runner.parent_run_id).info.experiment_id
-    return SweepOutcome(runner.study, comparison, runner.parent_run_id, report_dir, uri, experiment)
+        if scheduler.parent_run_id:
+            _report_and_finish(
+                scheduler,
+                status,
+                reason,
+                lambda: write_report(scheduler.study, uri, scheduler.parent_run_id, report_dir),
+            )
+    comparison = compare(scheduler.study, sweep.objectives[0].metric)
+    experiment = MlflowClient(tracking_uri=uri).get_run(scheduler.parent_run_id).info.experiment_id
+    return SweepOutcome(scheduler.study, comparison, scheduler.parent_run_id, report_dir, uri, experiment)
 
 
 def run_confirm(
     sweep_file: Path,
+    options: SweepOptions | None = None,
     *,
     top: int = 3,
     seeds: int = 5,
-    workers: int = 1,
-    storage_url: str | None = None,
-    tracking_uri: str | None = None,
-    console: Console | None = None,
-    live: bool | None = None,
-    seed_salt: int = 0,
     join_only: bool = False,
     configurations: list[Candidate] | None = None,
+    correction: Correction = DEFAULT_CORRECTION,
+    min_effect: float | None = None,
 ) -> Confirmation | None:
     """Train the sweep's baseline and its ``top`` best configurations again with ``seeds`` new seeds each (see
     :mod:`ftlab.sweep.confirm`), log the table and the plot to the "confirm" parent run, and return the verdict.
 
     ``join_only`` (``ftlab worker --confirm``): run what ``ftlab confirm`` enqueued, enqueue nothing.
     ``configurations``: confirm these instead of the sweep's baseline and top ``top`` (the first must be the baseline).
+    ``correction`` and ``min_effect``: how the K configurations are compared with the baseline
+    (:func:`ftlab.sweep.verdict.compare_many_to_baseline`); recorded with the plan, so that every later reading of the
+    verdict (``status``, ``best``, the export) uses them too. So is the split the runs are judged on: the holdout
+    split where ``data.holdout_fraction`` is set (:func:`ftlab.sweep.confirm.confirm_split`), else the validation one.
+    Of ``options``, ``n_trials``, ``timeout`` and ``accept_changes`` do not apply: the plan is the budget.
 
     Raises:
-        UserError: bad ``top``/``seeds``, no sweep study, or no completed baseline trial yet.
+        UserError: bad ``top``/``seeds``/``min_effect``, no sweep study, no completed baseline trial yet, a sweep
+            file, model or data that changed since the sweep (or the confirmation) started, or a holdout split that
+            the sweep's earlier trials may have trained on (it accepted a change of its data).
     """
-    for name, value, least in (("--top", top, 1), ("--seeds", seeds, 1)):
-        if value < least:
-            raise UserError.single(
-                f"needs {least} or more", where=name, value=value, fix=f"pass {name} {least} or more"
-            )
-    sweep = load_sweep(sweep_file)
+    _check_confirm_options(top, seeds, min_effect)
+    options = options or SweepOptions()
+    sweep = load_sweep_with_assets(sweep_file)
+    baseline_config = resolve_train_config(sweep, sweep_file.parent, source=str(sweep_file))
     plan: list[Candidate] = configurations or []
-    if not join_only and not plan:
-        _, sweep_study = open_sweep_study(sweep_file, storage_url)
-        plan = retry_on_connection_loss(lambda: candidates(sweep_study, top))
-    seed_list = seeds_for(resolve_train_config(sweep, sweep_file.parent, source=str(sweep_file)).seed, seeds)
+    # The sweep's study ranked the configurations; a given plan, or a worker joining one, can do without it.
+    sweep_study = _sweep_study_for(sweep_file, options.storage_url, needed=not plan and not join_only)
+
+    def check_data(fingerprint: str | None) -> None:
+        # Confirming the sweep's configurations under another sweep file, model or data would not say whether the
+        # sweep's winner is real, and would still name the runs after its trials.
+        if sweep_study is not None:
+            signature = sweep_signature(sweep, baseline_config, fingerprint)
+            refuse_changes(sweep_study, signature, str(sweep_file), CONFIRM_FIX)
+
+    check_data(None)  # the file and the model now; the prepared data once the preflight has its fingerprint
+    split = confirm_split(sweep)
+    if sweep_study is not None and split == "holdout":
+        refuse_seen_holdout(sweep_study, str(sweep_file))
+    if sweep_study is not None and not plan and not join_only:
+        plan = candidates(sweep_study, top)
+    seed_list = seeds_for(baseline_config.seed, seeds)
+    metrics = [objective.metric for objective in sweep.objectives]
+    settings = {
+        "correction": correction,
+        "min_effect": min_effect,
+        "selection": selection_note(plan, top, len(metrics) > 1) if plan and not configurations else "",
+        "finish": _finish_command(sweep_file, top, seeds, correction, min_effect, options.storage_url),
+        "split": split,
+    }
+
     confirm = confirm_config(sweep)
-    metric = sweep.objectives[0].metric
 
     def report(study: optuna.Study, uri: str, parent_run_id: str, out_dir: Path) -> None:
-        found = confirmation(study, metric)
+        found = confirmation(study, metrics)
         if found is not None:
             write_confirmation_report(found, out_dir)
             MlflowClient(tracking_uri=uri).log_artifacts(parent_run_id, str(out_dir), "confirm")
 
     outcome = run_study(
-        confirm, sweep_file, Budget(fixed=True), workers=workers, storage_url=storage_url, tracking_uri=tracking_uri,
-        console=console, live=live, seed_salt=seed_salt, parent_run_name=PARENT_RUN_NAME,
-        prepare=None if join_only else lambda study: enqueue_plan(study, plan, seed_list), report=report,
-        headline=lambda study: _verdict_so_far(study, metric),
+        confirm, sweep_file, Budget(fixed=True), replace(options, n_trials=None, timeout=None, accept_changes=False),
+        parent=confirm_parent_run(sweep, confirm, sweep_file, storage_url_for(confirm, options.storage_url)),
+        prepare=None if join_only else lambda study: enqueue_plan(study, plan, seed_list, settings), report=report,
+        headline=lambda study: _verdict_so_far(study, metrics), changes_fix=CONFIRM_FIX, check_data=check_data,
     )  # fmt: skip
-    return retry_on_connection_loss(lambda: confirmation(outcome.study, metric))
+    return confirmation(outcome.study, metrics)
 
 
-def _verdict_so_far(study: optuna.Study, metric: str) -> str:
-    found = confirmation(study, metric)
+def _sweep_study_for(sweep_file: Path, storage_url: str | None, *, needed: bool) -> optuna.Study | None:
+    """The sweep's study, which ranked what is confirmed; None where it is not ``needed`` (a plan given) and missing."""
+    try:
+        return open_sweep_study(sweep_file, storage_url)[1]
+    except UserError:
+        if needed:
+            raise
+        return None
+
+
+def _check_confirm_options(top: int, seeds: int, min_effect: float | None) -> None:
+    for name, value, least in (("--top", top, 1), ("--seeds", seeds, 1)):
+        if value < least:
+            raise UserError.single(
+                f"needs {least} or more", where=name, value=value, fix=f"pass {name} {least} or more"
+            )
+    if min_effect is not None and not 0 <= min_effect < 1:
+        raise UserError.single(
+            "is a relative difference: a fraction of the baseline's mean from 0 up to 1",
+            where="--min-effect",
+            value=min_effect,
+            fix="pass e.g. --min-effect 0.01 for 1 %",
+        )
+
+
+def _finish_command(
+    sweep_file: Path, top: int, seeds: int, correction: str, min_effect: float | None, storage: str | None
+) -> str:
+    """The `ftlab confirm` command line that runs what this plan still misses (and enqueues nothing else)."""
+    words = ["ftlab confirm", str(sweep_file), f"--top {top}", f"--seeds {seeds}", f"--correction {correction}"]
+    if min_effect is not None:
+        words.append(f"--min-effect {min_effect}")
+    if storage:
+        words.append("--storage <the same storage>")
+    return " ".join(words)
+
+
+def _verdict_so_far(study: optuna.Study, metrics: list[str]) -> str:
+    found = confirmation(study, metrics)
     return f"so far: {found.sentence()}" if found else "no baseline run has completed yet"
 
 
 def check_before_trials(
     sweep: SweepConfig, sweep_file: Path, storage_override: str | None, tracking_override: str | None
-) -> None:
-    """Prove the sweep can start (:mod:`ftlab.preflight`): the services here, the rest in a process from the trials'
+) -> str | None:
+    """Prove the sweep can start (:mod:`.preflight`): the services here, the rest in a process from the trials'
     fork server, which has transformers imported already and prepares (and caches) the data for the trials.
+    Returns the prepared data's fingerprint, which the study remembers (:mod:`ftlab.sweep.identity`).
 
     Raises:
         UserError: every problem found.
@@ -235,19 +317,42 @@ def check_before_trials(
     tracking_where = "--tracking-uri" if tracking_override else f"{sweep_file}:tracking.uri"
     storage, uri = storage_url_for(sweep, storage_override), tracking_uri_for(sweep, tracking_override)
     with ProcessPoolExecutor(max_workers=1, mp_context=trial_process_context()) as pool:
-        checked = pool.submit(
-            call_in_context, WorkerContext(), preflight.trial_problems, sweep, sweep_file.parent, str(sweep_file)
-        )
-        problems = preflight.service_problems(storage, uri, storage_where, tracking_where)
-        if not problems:
-            # While the trial side checks itself: create the stores' tables (seconds on a new SQLite file). No study
-            # and no run yet: a sweep that cannot start leaves nothing but empty stores. Under the study lock, as
-            # workers starting together would race to create the same tables.
-            retry_on_connection_loss(
-                lambda: _create_store_tables(sweep, storage, uri), also=is_concurrent_schema_creation
+        try:
+            problems, data_fingerprint = _check_here_and_there(
+                pool, sweep, sweep_file, storage, uri, storage_where, tracking_where
             )
-        problems += checked.result()
+        except KeyboardInterrupt:
+            # The check process ignores Ctrl-C (as its fork server does): stop it rather than wait for the data.
+            for process in list(getattr(pool, "_processes", {}).values()):
+                process.terminate()
+            raise
     preflight.raise_problems(problems)
+    return data_fingerprint
+
+
+def _check_here_and_there(
+    pool: ProcessPoolExecutor,
+    sweep: SweepConfig,
+    sweep_file: Path,
+    storage: str,
+    uri: str,
+    storage_where: str,
+    tracking_where: str,
+) -> tuple[list[Problem], str | None]:
+    """The problems found here (the services) and in a process from the fork server (model, data, settings), and the
+    prepared data's fingerprint."""
+    checked = pool.submit(
+        call_in_context, WorkerContext(), preflight.trial_check, sweep, sweep_file.parent, str(sweep_file)
+    )
+    problems = preflight.service_problems(storage, uri, storage_where, tracking_where)
+    trial_side, data_fingerprint = checked.result()
+    problems += trial_side
+    if not problems:
+        # Only once everything is sound (a sweep that cannot start makes nothing, not even empty stores): the stores'
+        # tables (1-2 s on new SQLite files, nothing once they exist). Under the study lock, as workers starting
+        # together would race to create the same tables.
+        retry_on_connection_loss(lambda: _create_store_tables(sweep, storage, uri), also=is_concurrent_schema_creation)
+    return problems, data_fingerprint
 
 
 def _create_store_tables(sweep: SweepConfig, storage: str, tracking_uri: str) -> None:
@@ -256,33 +361,44 @@ def _create_store_tables(sweep: SweepConfig, storage: str, tracking_uri: str) ->
         MlflowClient(tracking_uri=tracking_uri).search_experiments(max_results=1)
 
 
-def _report_is_due(runner: SweepRunner) -> bool:
-    """Workers sharing a study finish at about the same time: the first to see the study as it is now writes the
-    report, the others skip it (``ftlab report`` writes it again on demand)."""
-    with runner.study_lock.held():
-        finished = sum(trial.state.is_finished() for trial in runner.study.get_trials(deepcopy=False))
-        if runner.study.user_attrs.get(REPORTED_ATTR) == finished:
-            return False
-        runner.study.set_user_attr(REPORTED_ATTR, finished)
-        return True
-
-
-def open_sweep_study(sweep_file: Path, storage_url: str | None = None) -> tuple[SweepConfig, optuna.Study]:
-    """The sweep file and its existing study, for commands that only read.
+def _report_and_finish(
+    scheduler: Scheduler, status: str, reason: str | None, write_report: Callable[[], object]
+) -> None:
+    """Write the report when it is due, then end the parent run, also when the report cannot be written (a
+    read-only artifacts or report folder): the run then ends FAILED, saying why, and the user gets one line.
 
     Raises:
-        UserError: the study does not exist in that storage yet.
+        UserError: the report could not be written (the trials are kept; ``ftlab report`` writes it again).
     """
-    sweep = load_sweep(sweep_file)
-    storage = storage_url_for(sweep, storage_url)
     try:
-        return sweep, load_study(sweep, storage)
-    except KeyError:
+        # A preempted worker has seconds left, and a full disk no room: whoever runs next writes the report.
+        if (
+            not scheduler.preempted
+            and scheduler.machine_fault is None
+            and retry_on_connection_loss(lambda: _report_is_due(scheduler))
+        ):
+            retry_on_connection_loss(write_report)
+    except OSError as error:
+        refused = refused_write(error) or str(error)
+        status, reason = "FAILED", f"the sweep's report could not be written: {refused}"
         raise UserError.single(
-            f"no study named {sweep.name!r} in the storage",
-            where=str(sweep_file),
-            fix=f"run `ftlab sweep {sweep_file}` first, or pass the --storage it ran with",
+            reason,
+            where=str(error.filename or "the report"),
+            fix="make that folder writable, then run `ftlab report` on the sweep file (the trials are kept)",
         ) from None
+    finally:
+        scheduler.finish(status, reason)
+
+
+def _report_is_due(scheduler: Scheduler) -> bool:
+    """Workers sharing a study finish at about the same time: the first to see the study as it is now writes the
+    report, the others skip it (``ftlab report`` writes it again on demand)."""
+    with scheduler.study_lock.held():
+        finished = sum(trial.state.is_finished() for trial in scheduler.study.get_trials(deepcopy=False))
+        if scheduler.study.user_attrs.get(REPORTED_ATTR) == finished:
+            return False
+        scheduler.study.set_user_attr(REPORTED_ATTR, finished)
+        return True
 
 
 def report_sweep(sweep_file: Path, storage_url: str | None = None, tracking_uri: str | None = None) -> Path:
@@ -299,8 +415,9 @@ def report_sweep(sweep_file: Path, storage_url: str | None = None, tracking_uri:
 
 
 def reap_sweep(sweep_file: Path, storage_url: str | None = None, tracking_uri: str | None = None) -> None:
-    """Fail, end KILLED and retry once every trial of the sweep whose worker stopped sending heartbeats."""
-    sweep = load_sweep(sweep_file)
+    """Settle every trial of the sweep whose worker stopped sending heartbeats: COMPLETE where its result shows it had
+    finished, else failed, its run ended KILLED, and retried (see :mod:`ftlab.sweep.reaper`)."""
+    sweep = load_sweep_with_assets(sweep_file)
     uri = tracking_uri_for(sweep, tracking_uri)
     study = create_or_load_study(sweep, storage_url_for(sweep, storage_url), stale_trial_callback(uri))
-    reap(study)
+    reap(study, uri)

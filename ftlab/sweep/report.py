@@ -42,6 +42,17 @@ def _plots(study: optuna.Study) -> dict[str, tuple[PlotFn, PlotFn, dict[str, Any
     return plots
 
 
+def _drawable(name: str, study: optuna.Study) -> bool:
+    """Whether the study has what plot ``name`` draws. Asked first: Optuna logs a warning for each plot it cannot
+    draw (two per plot, plotly and matplotlib: eight lines after a sweep in which no trial completed)."""
+    trials = study.get_trials(deepcopy=False)
+    if name == "intermediate_values":  # Optuna draws these states only: a trial stopped by Ctrl-C (FAIL) does not count
+        drawn = (TrialState.PRUNED, TrialState.COMPLETE, TrialState.RUNNING)
+        return any(trial.intermediate_values for trial in trials if trial.state in drawn)
+    completed = sum(trial.state == TrialState.COMPLETE for trial in trials)
+    return completed >= (2 if name == "param_importances" else 1)  # importances need two completed trials
+
+
 def _save_png(axes: Any, path: Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -80,10 +91,9 @@ def write_report(study: optuna.Study, sweep: SweepConfig, out_dir: Path) -> list
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     html_parts: list[str] = []
-    completed = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     for name, (plotly_fn, matplotlib_fn, kwargs) in _plots(study).items():
-        if name == "param_importances" and completed < 2:
-            continue  # importances need at least two completed trials
+        if not _drawable(name, study):
+            continue
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # Optuna marks its matplotlib backend experimental

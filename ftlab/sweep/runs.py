@@ -8,17 +8,43 @@ also says in words what its trial came to: the ``optuna.trial.state`` tag and th
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 
 from ftlab.config import SweepConfig
-from ftlab.sweep.record import RUN_NAME_ATTR, RUN_TAGS_ATTR, TrialRecord
+from ftlab.errors import redact_url
+from ftlab.hints import shell_command
+from ftlab.record import RUN_NAME_ATTR, RUN_TAGS_ATTR, TrialRecord
+from ftlab.sweep.budget import Budget
+from ftlab.sweep.confirm import CONFIRMS_ATTR, SEED_ATTR
 from ftlab.sweep.summary import compare, state_counts
-from ftlab.tracking import DESCRIPTION_TAG, SOURCE_TAG, mark_best, param_value, redact_url
+from ftlab.tracking import DESCRIPTION_TAG, SOURCE_TAG, flatten, mark_best, param_value, run_page
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ParentRun:
+    """The run a study's trials nest under, as MLflow shows it: its name, its tags (description included) made from
+    the study when the run starts, and ``show(study, tracking_uri, parent_run_id)``, called after each COMPLETE trial
+    to put where the study stands on it. A sweep's shows its best trial; a confirmation's, its verdict."""
+
+    name: str
+    tags: Callable[[optuna.Study], dict[str, str]]
+    show: Callable[[optuna.Study, str, str], None]
+
+
+def sweep_parent_run(sweep: SweepConfig, sweep_file: Path, storage_url: str) -> ParentRun:
+    """The sweep's own parent run: ``<sweep>-sweep``, tagged role sweep, showing the best trial so far."""
+    return ParentRun(
+        name=parent_run_name(sweep),
+        tags=lambda study: parent_run_tags(sweep, sweep_file, storage_url),
+        show=lambda study, uri, run_id: show_best(study, sweep, uri, run_id),
+    )
 
 
 def parent_run_name(sweep: SweepConfig) -> str:
@@ -32,12 +58,23 @@ def parent_run_tags(sweep: SweepConfig, sweep_file: Path, storage_url: str) -> d
         "optuna.study_name": sweep.name,
         "optuna.storage": redact_url(storage_url),
         "ftlab.sweep_file": str(sweep_file),
-        SOURCE_TAG: f"ftlab sweep {sweep_file}",
+        SOURCE_TAG: shell_command("ftlab", "sweep", sweep_file),
         DESCRIPTION_TAG: (
             f"The sweep {sweep.name}: an Optuna study ({sweep.sampler.name} sampler, {sweep.pruner.name} pruner) "
-            f"around the baseline, one nested run per trial. Its metrics: the best trial so far against the baseline."
+            f"around the baseline, one nested run per trial. Its metrics: the best trial so far against the baseline "
+            f"(best/gain_over_baseline_pct in percent, as the CLI prints it), logged at step = the number of COMPLETE "
+            f"trials so far: in its charts the x axis (Step) counts complete trials, not training steps."
         ),
     }
+
+
+def parent_run_params(sweep: SweepConfig, budget: Budget | None = None) -> dict[str, str]:
+    """The sweep's settings as the parent run's params, with ``budget.n_trials`` the budget this sweep runs with
+    (``--n-trials`` overrides the file's)."""
+    params = flatten(sweep.model_dump(mode="json", exclude={"storage", "tracking"}))
+    if budget is not None:
+        params["budget.n_trials"] = "a fixed plan" if budget.fixed else str(budget.n_trials)
+    return params
 
 
 def _settings(params: dict[str, Any]) -> str:
@@ -46,6 +83,16 @@ def _settings(params: dict[str, Any]) -> str:
 
 def trial_run_name(trial: optuna.Trial, baseline: bool) -> str:
     return trial.user_attrs.get(RUN_NAME_ATTR) or f"trial-{trial.number:03d}" + ("-baseline" if baseline else "")
+
+
+def trial_label(trial: optuna.Trial | optuna.trial.FrozenTrial, baseline: bool) -> str:
+    """How progress lines name a trial: its number, or for a confirmation run the sweep trial it trains again and its
+    seed (the confirmation study numbers its runs 0, 1, … which clash with the sweep's own trial numbers)."""
+    suffix = " (baseline)" if baseline else ""
+    confirms = trial.user_attrs.get(CONFIRMS_ATTR)
+    if confirms is not None:
+        return f"sweep trial {confirms}{suffix}, seed {trial.user_attrs.get(SEED_ATTR)}"
+    return f"trial {trial.number}{suffix}"
 
 
 def trial_run_tags(
@@ -59,10 +106,25 @@ def trial_run_tags(
         "optuna.trial.state": "RUNNING",
         "ftlab.baseline": str(baseline).lower(),
         **({"ftlab.retry_of_trial": str(retry_of)} if retry_of is not None else {}),
-        SOURCE_TAG: f"ftlab sweep {sweep_file}",
+        SOURCE_TAG: shell_command("ftlab", "sweep", sweep_file),
         DESCRIPTION_TAG: f"Trial {trial.number}, {what} of sweep {sweep.name}{retry}: {_settings(trial.params)}",
         **trial.user_attrs.get(RUN_TAGS_ATTR, {}),
     }
+
+
+def note_trial(trial: optuna.Trial, baseline: bool, tracking_uri: str, run_id: str) -> None:
+    """A note on the trial in optuna-dashboard: whether it is the baseline, and a link to its MLflow run (at the
+    address ``ftlab ui`` serves a local store on). Skipped without optuna-dashboard installed, or when the storage
+    cannot take it now: the trial and its run are what matter."""
+    try:
+        from optuna_dashboard import save_note
+    except ImportError:
+        return
+    what = "**Baseline**: the documented settings every trial is compared with." if baseline else "A searched trial."
+    try:
+        save_note(trial, f"{what}\n\nMLflow run: [{run_id}]({run_page(tracking_uri, run_id)})")
+    except Exception as error:
+        logger.warning("could not write trial %s's note for optuna-dashboard: %s", trial.number, error)
 
 
 def outcome_tags(record: TrialRecord, metric: str, description: str) -> dict[str, str]:
@@ -70,8 +132,9 @@ def outcome_tags(record: TrialRecord, metric: str, description: str) -> dict[str
     if record.state == "COMPLETE" and record.values:
         outcome = f"COMPLETE: {metric} {record.values[0]:.4f}"
     else:
-        outcome = f"{record.state}: {record.reason}"
-    return {"optuna.trial.state": record.state, DESCRIPTION_TAG: f"{description}\n\n{outcome}"}
+        outcome = f"{record.outcome}: {record.detail}"
+    tags = {"optuna.trial.state": record.state, DESCRIPTION_TAG: f"{description}\n\n{outcome}"}
+    return tags | ({"ftlab.outcome": "diverged"} if record.diverged else {})
 
 
 def show_best(study: optuna.Study, sweep: SweepConfig, tracking_uri: str, parent_run_id: str) -> None:
@@ -91,7 +154,7 @@ def show_best(study: optuna.Study, sweep: SweepConfig, tracking_uri: str, parent
     if comparison.baseline_value is not None:
         metrics[f"baseline/{metric}"] = comparison.baseline_value
     if comparison.gain is not None and comparison.gain.relative is not None:
-        metrics["best/gain_over_baseline"] = comparison.gain.relative
+        metrics["best/gain_over_baseline_pct"] = 100 * comparison.gain.relative  # percent, as the CLI prints it
     tags = {"ftlab.best_trial": str(comparison.best.number), "ftlab.summary": comparison.sentence()}
     try:
         mark_best(tracking_uri, parent_run_id, comparison.best.mlflow_run_id, metrics, counts["COMPLETE"], tags)

@@ -4,6 +4,7 @@ every value it can produce trains."""
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,14 @@ from ftlab.settings import resolve_train_config, split_effective_batch
 
 
 def _suggest(trial: optuna.Trial, name: str, spec: ParamSpec, baseline: TrainConfig) -> Any:
+    with warnings.catch_warnings():
+        # The baseline trial is enqueued with the baseline's values; one outside the range makes Optuna warn about
+        # its "fixed parameter" in every trial process. `ftlab validate` says so once, in ftlab's words.
+        warnings.filterwarnings("ignore", message="Fixed parameter", category=UserWarning)
+        return _suggest_one(trial, name, spec, baseline)
+
+
+def _suggest_one(trial: optuna.Trial, name: str, spec: ParamSpec, baseline: TrainConfig) -> Any:
     if isinstance(spec, FactorParam):
         center = float(getattr(baseline, name))
         low, high = spec.factor
@@ -38,7 +47,15 @@ def params_to_overrides(params: dict[str, Any], baseline: TrainConfig) -> dict[s
     overrides = dict(params)
     if "total_train_batch_size" in overrides:
         total = int(overrides.pop("total_train_batch_size"))
-        micro, accumulation = split_effective_batch(total, baseline.per_device_train_batch_size)
+        processes = baseline.nproc_per_node  # the effective batch counts every process of the trial
+        if total % processes:
+            raise ConfigError.single(
+                f"an effective batch of {total} sequences cannot be shared by nproc_per_node={processes} processes",
+                where="search.total_train_batch_size",
+                value=total,
+                fix=f"use multiples of {processes}",
+            )
+        micro, accumulation = split_effective_batch(total // processes, baseline.per_device_train_batch_size)
         overrides["per_device_train_batch_size"] = micro
         overrides["gradient_accumulation_steps"] = accumulation
     return overrides
@@ -62,6 +79,26 @@ def baseline_point(sweep: SweepConfig, baseline: TrainConfig, source: str = "<sw
             )
         point[name] = value
     return point
+
+
+def baseline_outside_ranges(sweep: SweepConfig, baseline: TrainConfig, source: str = "<sweep>") -> list[str]:
+    """A warning for each searched key whose baseline value lies outside its own range: trial 0 still runs the
+    baseline, but no other trial comes near it (a factor range always holds its baseline)."""
+    found = []
+    for name, spec in baseline_ranges(sweep):
+        value = baseline.total_train_batch_size if name == "total_train_batch_size" else getattr(baseline, name)
+        if not spec.low <= value <= spec.high:
+            found.append(
+                f"{source}:search.{name}: the baseline's value {value:g} is outside the search range "
+                f"[{spec.low:g}, {spec.high:g}]; trial 0 runs the baseline, but no other trial comes near it. "
+                f"Widen the range to include {value:g} if the search should be around the baseline"
+            )
+    return found
+
+
+def baseline_ranges(sweep: SweepConfig) -> list[tuple[str, FloatParam | IntParam]]:
+    """The searched keys with a low-high range."""
+    return [(name, spec) for name, spec in sweep.search.items() if isinstance(spec, FloatParam | IntParam)]
 
 
 def same_point(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -110,6 +147,22 @@ def _spec_problem(name: str, spec: ParamSpec, baseline: TrainConfig, where: str)
     return None
 
 
+_NUMBER_TYPES = (int, float, int | None, float | None)
+
+
+def _value_problem(name: str, value: Any, where: str) -> Problem | None:
+    """What is wrong with one value whatever the other settings: a fractional batch, a number quoted as text."""
+    if name == "total_train_batch_size" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        return Problem("an effective batch is a whole number of sequences, at least 1", where, value,
+                       "use positive whole numbers")  # fmt: skip
+    field = TrainConfig.model_fields.get(name)
+    if isinstance(value, str) and field is not None and field.annotation in _NUMBER_TYPES:
+        # The settings would turn "3e-4" into a number, but Optuna and MLflow would record (and compare) the text.
+        return Problem(f"`{name}` is a number, but this choice is text", where, value,
+                       "write it without quotes (1e-4 and 1.0e-4 both work)")  # fmt: skip
+    return None
+
+
 def reachable_configs(
     sweep: SweepConfig, baseline: TrainConfig, sweep_dir: Path, source: str = "<sweep>"
 ) -> tuple[list[TrainConfig], list[Problem]]:
@@ -123,11 +176,8 @@ def reachable_configs(
             continue
         for key, value in _extremes(name, spec, baseline):
             where = f"{source}:search.{name}.{key}"
-            if name == "total_train_batch_size" and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 1
-            ):
-                problems.append(Problem("an effective batch is a whole number of sequences, at least 1", where, value,
-                                        "use positive whole numbers"))  # fmt: skip
+            if (problem := _value_problem(name, value, where)) is not None:
+                problems.append(problem)
                 continue
             try:
                 overrides = params_to_overrides({name: value}, baseline)

@@ -7,14 +7,14 @@ there is one way to pick the best trial and one way to compute a gain.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from ftlab.sweep.record import BASELINE_ATTR, TrialRecord
+from ftlab.record import BASELINE_ATTR, TrialRecord
 
 
 @dataclass(frozen=True)
@@ -48,21 +48,26 @@ def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
     """The best COMPLETE trial; with several objectives, the Pareto-front trial best on the first objective."""
-    front = pareto_front(study)
+    return _best_of(pareto_front(study), study.directions[0])
+
+
+def _best_of(front: list[FrozenTrial], direction: StudyDirection) -> FrozenTrial | None:
     if not front:
         return None
-    sign = 1 if study.directions[0] == StudyDirection.MINIMIZE else -1
+    sign = 1 if direction == StudyDirection.MINIMIZE else -1
     return min(front, key=lambda trial: sign * trial.values[0])
 
 
 @dataclass
 class Comparison:
-    """The best trial against the baseline trial on the first objective."""
+    """The best trial against the baseline trial on the first objective, with the Pareto front: what ``ftlab status``,
+    the end of ``ftlab sweep``, ``ftlab best``, the report and the export show (one shape, also as JSON)."""
 
     metric: str
     best: TrialRecord
     baseline: TrialRecord | None
     gain: Gain | None  # None until the baseline trial has completed
+    pareto_front: list[int] = field(default_factory=list)  # trial numbers; the best alone with one objective
 
     @property
     def best_value(self) -> float:
@@ -83,20 +88,41 @@ class Comparison:
         return f"{best} vs baseline #{self.baseline.number} {self.baseline_value:.4f}{relative}"
 
     def as_json(self) -> dict[str, Any]:
+        """The best trial's figures, the baseline's and the gain; the flat ``best_value``… keys sum it up."""
+        absolute, relative = (self.gain.absolute, self.gain.relative) if self.gain else (None, None)
         return {
             "metric": self.metric,
+            "trial": self.best.number,
+            **_figures(self.best),
+            "train_loss": self.best.train_loss,
+            "tokens_seen": self.best.tokens_seen,
+            "gain": {"absolute": absolute, "relative": relative},
+            "baseline": None if self.baseline is None else {"trial": self.baseline.number, **_figures(self.baseline)},
+            "pareto_front": self.pareto_front,
             "best_trial": self.best.number,
             "best_value": self.best_value,
             "baseline_trial": self.baseline.number if self.baseline else None,
             "baseline_value": self.baseline_value,
-            "absolute_gain": self.gain.absolute if self.gain else None,
-            "relative_gain": self.gain.relative if self.gain else None,
+            "absolute_gain": absolute,
+            "relative_gain": relative,
         }
+
+
+def _figures(record: TrialRecord) -> dict[str, Any]:
+    return {
+        "params": record.params,
+        "values": record.values,
+        "eval_loss": record.eval_loss,
+        "perplexity": record.perplexity,
+        "metrics": record.metrics,
+        "mlflow_run_id": record.mlflow_run_id,
+    }
 
 
 def compare(study: optuna.Study, metric: str) -> Comparison | None:
     """The best trial against the baseline trial; None when no trial has completed."""
-    best = best_trial(study)
+    front = pareto_front(study)
+    best = _best_of(front, study.directions[0])
     if best is None:
         return None
     baseline = baseline_trial(study)
@@ -106,13 +132,16 @@ def compare(study: optuna.Study, metric: str) -> Comparison | None:
         TrialRecord.from_trial(best),
         TrialRecord.from_trial(baseline) if baseline else None,
         found,
+        [trial.number for trial in front],
     )
 
 
 def state_counts(study: optuna.Study) -> dict[str, int]:
-    counts = {state.name: 0 for state in TrialState}
+    """Trials by Optuna state, and ``DIVERGED``: how many of the FAIL ones diverged (their loss became NaN)."""
+    counts = {state.name: 0 for state in TrialState} | {"DIVERGED": 0}
     for trial in study.get_trials(deepcopy=False):
         counts[trial.state.name] += 1
+        counts["DIVERGED"] += trial.state == TrialState.FAIL and TrialRecord.from_trial(trial).diverged
     return counts
 
 
@@ -122,7 +151,7 @@ def status_json(study: optuna.Study, metric: str) -> dict[str, Any]:
     return {
         "study": study.study_name,
         "counts": state_counts(study),
-        "trials": [asdict(TrialRecord.from_trial(trial)) for trial in study.get_trials(deepcopy=False)],
+        "trials": [TrialRecord.from_trial(trial).as_json() for trial in study.get_trials(deepcopy=False)],
         "best": None if comparison is None else comparison.as_json(),
     }
 

@@ -24,15 +24,18 @@ from mlflow import MlflowClient
 from ftlab.config import SweepConfig
 from ftlab.console import quiet_libraries
 from ftlab.errors import UserError
+from ftlab.figures import HOLDOUT_FIGURES, on_holdout
 from ftlab.fileio import NoSpaceError, atomic_write_json
+from ftlab.folders import refused_write
+from ftlab.record import DIVERGED_PREFIX, TrialRecord
 from ftlab.settings import resolve_train_config
+from ftlab.storage import is_connection_loss, open_storage, retry_on_connection_loss
 from ftlab.sweep import compat
-from ftlab.sweep.process import TrialJob
-from ftlab.sweep.record import TrialRecord
-from ftlab.sweep.resilience import is_connection_loss, retry_on_connection_loss
-from ftlab.sweep.study import build_pruner, open_storage
+from ftlab.sweep.job import TrialJob
+from ftlab.sweep.study import build_pruner
 from ftlab.tracking import TrackedRun, param_value
 from ftlab.training.callbacks import TrainingCallback, TrainPlan
+from ftlab.training.launch import RankFailedError
 from ftlab.training.loop import NonFiniteLossError, TrainingPreemptedError
 from ftlab.training.oom import OutOfMemoryAtBatchOneError
 from ftlab.trial import run_trial
@@ -76,46 +79,45 @@ class PruningCallback(TrainingCallback):
             return
         value = metrics[self.metric]
         try:
-            retry_on_connection_loss(lambda: self.trial.report(value, step=tokens_seen))
+            self.trial.report(value, step=tokens_seen)
         except optuna.exceptions.UpdateFinishedTrialError:
             raise TrialReapedError from None
-        if retry_on_connection_loss(self.trial.should_prune):
+        if self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned after {tokens_seen:,} tokens: {self.metric} {value:.4f}")
 
 
 class ProgressCallback(TrainingCallback):
-    """Writes the latest step, loss and eval loss to a small file that the sweep's live view reads."""
+    """Writes the latest step and the latest value of every logged and evaluated metric to a small file that the
+    sweep's live view reads (it shows the sweep's objectives)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.state: dict[str, Any] = {"step": 0, "total_steps": None, "train_loss": None, "eval_loss": None}
+        self.state: dict[str, Any] = {"step": 0, "total_steps": None, "latest": {}}
 
     def on_train_begin(self, plan: TrainPlan) -> None:
         self.state.update(step=0, total_steps=plan.total_steps)
         atomic_write_json(self.path, self.state)
 
     def on_log(self, step: int, metrics: dict[str, float]) -> None:
-        self.state.update(step=step, train_loss=metrics["train/loss"])
-        atomic_write_json(self.path, self.state)
+        self._update(step, metrics)
 
     def on_evaluate(self, step: int, tokens_seen: int, metrics: dict[str, float]) -> None:
-        self.state.update(step=step, eval_loss=metrics["eval/loss"])
+        self._update(step, metrics)
+
+    def _update(self, step: int, metrics: dict[str, float]) -> None:
+        self.state["step"] = step
+        self.state["latest"].update(metrics)
         atomic_write_json(self.path, self.state)
 
 
-def objective_values(sweep: SweepConfig, record: TrialRecord) -> list[float]:
-    """The sweep's objectives, in order, from a COMPLETE trial's figures."""
-    assert record.eval_loss is not None and record.perplexity is not None and record.seconds is not None
-    by_metric = {
-        "eval/loss": record.eval_loss,
-        "eval/perplexity": record.perplexity,
-        "cost/device_hours": record.seconds / 3600,
-    }
-    return [by_metric[objective.metric] for objective in sweep.objectives]
+def objective_values(sweep: SweepConfig, record: TrialRecord, *, holdout: bool = False) -> list[float]:
+    """The sweep's objectives, in order, from a COMPLETE trial's final metrics (the config checked their names); on
+    the ``holdout``, each objective's holdout counterpart where it has one (:func:`ftlab.figures.on_holdout`)."""
+    return [record.metrics[on_holdout(o.metric) if holdout else o.metric] for o in sweep.objectives]
 
 
 # Failures whose message says all there is to say; any other error is a bug, and its run keeps the traceback.
-EXPECTED_FAILURES = (UserError, SettingsNotAppliedError, OutOfMemoryAtBatchOneError, NoSpaceError)
+EXPECTED_FAILURES = (UserError, SettingsNotAppliedError, OutOfMemoryAtBatchOneError, NoSpaceError, NonFiniteLossError)
 
 
 def record_for(error: BaseException) -> TrialRecord:
@@ -123,7 +125,25 @@ def record_for(error: BaseException) -> TrialRecord:
     if isinstance(error, optuna.TrialPruned):
         return TrialRecord("PRUNED", str(error))
     if isinstance(error, NonFiniteLossError):
-        return TrialRecord("PRUNED", f"pruned: {error}")
+        # The settings' own failure (too high a learning rate…): it counts for the failure budget, so a range where
+        # every trial diverges stops the sweep instead of pruning trial after trial.
+        return TrialRecord("FAIL", f"{DIVERGED_PREFIX}{error}")
+    if (stopped := _stopped_from_outside(error)) is not None:
+        return stopped
+    if isinstance(error, NoSpaceError):  # this machine's disk, not the configuration: retried, and the worker stops
+        return TrialRecord("FAIL", str(error), retry=True, machine_fault=True)
+    if refused := refused_write(error):  # a read-only folder, likewise: every trial here would fail alike
+        return TrialRecord(
+            "FAIL", f"{refused} (make it writable, then run the sweep again)", retry=True, machine_fault=True
+        )
+    if isinstance(error, EXPECTED_FAILURES):
+        return TrialRecord("FAIL", str(error))
+    return TrialRecord("FAIL", f"{type(error).__name__}: {error}")
+
+
+def _stopped_from_outside(error: BaseException) -> TrialRecord | None:
+    """The record of a trial stopped by something outside it (preemption, Ctrl-C, a reaper, a lost database, a
+    killed rank), or None for any other error."""
     if isinstance(error, TrainingPreemptedError):
         return TrialRecord("FAIL", str(error), retry=True)  # the retry resumes from the checkpoint it saved
     if isinstance(error, KeyboardInterrupt):
@@ -132,11 +152,9 @@ def record_for(error: BaseException) -> TrialRecord:
         return TrialRecord("FAIL", str(error))  # told already, and retried, by the worker that reaped it
     if is_connection_loss(error):  # the database went away (a restart), not the trial: one retry, which resumes
         return TrialRecord("FAIL", f"lost the database connection: {error}", retry=True)
-    if isinstance(error, NoSpaceError):  # this machine's disk, not the configuration: retried, and the worker stops
-        return TrialRecord("FAIL", str(error), retry=True, machine_fault=True)
-    if isinstance(error, EXPECTED_FAILURES):
-        return TrialRecord("FAIL", str(error))
-    return TrialRecord("FAIL", f"{type(error).__name__}: {error}")
+    if isinstance(error, RankFailedError) and error.stopped_from_outside:  # a rank killed: retried, and resumed
+        return TrialRecord("FAIL", str(error), retry=True)
+    return None
 
 
 def run_ending(error: BaseException) -> tuple[str, str] | None:
@@ -209,6 +227,7 @@ def run_trial_job(job: TrialJob) -> None:
 def _train(job: TrialJob, run: TrackedRun, stop_requested: threading.Event) -> TrialRecord:
     sweep = SweepConfig.model_validate(job.sweep)
     sweep_dir = Path(job.sweep_dir)
+    # Retried as a whole: opening an RDB storage connects and checks the schema before the retrying storage exists.
     study = retry_on_connection_loss(
         lambda: optuna.load_study(
             study_name=sweep.name, storage=open_storage(job.storage_url), pruner=build_pruner(sweep)
@@ -237,10 +256,13 @@ def _train(job: TrialJob, run: TrackedRun, stop_requested: threading.Event) -> T
         resume_from=Path(job.resume_from) if job.resume_from else None,
         stop_requested=stop_requested,
         nested=True,
+        holdout=job.holdout,
     )
-    if retry_on_connection_loss(lambda: compat.storage_of(study).get_trial(job.trial_id)).state.is_finished():
+    if compat.storage_of(study).get_trial(job.trial_id).state.is_finished():
         raise TrialReapedError
-    record.values = objective_values(sweep, record)
+    record.values = objective_values(sweep, record, holdout=job.holdout)
     # Only finished trials have these: a column where a pruned trial's early eval/loss cannot pass for a final one.
-    run.log_metrics({f"final/{o.metric}": v for o, v in zip(sweep.objectives, record.values, strict=True)}, step=0)
+    # Each under its own name: a confirmation on the holdout logs its validation figures too, for the gap.
+    finals = [o.metric for o in sweep.objectives] + (list(HOLDOUT_FIGURES.values()) if job.holdout else [])
+    run.log_metrics({f"final/{name}": record.metrics[name] for name in dict.fromkeys(finals)}, step=0)
     return record

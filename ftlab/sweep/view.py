@@ -13,9 +13,10 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
+from rich.text import Text
 
-from ftlab.sweep.resilience import retry_on_connection_loss
-from ftlab.sweep.runner import SweepRunner, TrialEvent
+from ftlab.sweep.events import TrialEvent
+from ftlab.sweep.scheduler import Scheduler
 from ftlab.sweep.summary import compare, state_counts
 
 
@@ -26,11 +27,11 @@ def _short(params: dict[str, Any]) -> str:
 
 
 class SweepView:
-    """Receives the runner's events and shows them, live or line by line."""
+    """Receives the scheduler's events and shows them, live or line by line."""
 
     def __init__(
         self,
-        runner: SweepRunner,
+        scheduler: Scheduler,
         console: Console,
         metric: str,
         live: bool | None = None,
@@ -38,62 +39,70 @@ class SweepView:
     ) -> None:
         """``headline(study)``: the line that sums the study up after each COMPLETE trial; the best against the
         baseline by default (a confirmation shows its verdict so far instead)."""
-        self.runner = runner
+        self.scheduler = scheduler
         self.console = console
         self.metric = metric
         self.live = console.is_terminal if live is None else live
         self._headline = headline or self._best_against_baseline
         self._lock = threading.Lock()
-        self._counts = retry_on_connection_loss(lambda: state_counts(runner.study))
+        self._counts = state_counts(scheduler.study)
         self._best_line = self._comparison_line()
 
     def _comparison_line(self) -> str:
-        return retry_on_connection_loss(lambda: self._headline(self.runner.study))
+        return self._headline(self.scheduler.study)
 
     def _best_against_baseline(self, study: optuna.Study) -> str:
         comparison = compare(study, self.metric)
         return comparison.sentence() if comparison else "no completed trial yet"
 
+    def _objectives(self, values: list[float] | None) -> list[tuple[str, float]]:
+        """(metric, value) of each of the sweep's objectives."""
+        return [(o.metric, v) for o, v in zip(self.scheduler.sweep.objectives, values or [], strict=False)]
+
     def on_event(self, event: TrialEvent) -> None:
         with self._lock:
-            self._counts = retry_on_connection_loss(lambda: state_counts(self.runner.study))
+            self._counts = state_counts(self.scheduler.study)
             if event.kind == "COMPLETE":
                 self._best_line = self._comparison_line()
         if not self.live:
-            self.console.print(self._event_line(event), highlight=False, soft_wrap=True)
+            # Not markup: a failure's detail quotes other programs (gloo's ``[/path/pair.cc:553]``), params quote
+            # users' choices.
+            self.console.print(self._event_line(event), markup=False, highlight=False, soft_wrap=True)
 
     def _event_line(self, event: TrialEvent) -> str:
-        label = f"trial {event.number}" + (" (baseline)" if event.baseline else "")
+        label = event.label or f"trial {event.number}" + (" (baseline)" if event.baseline else "")
         if event.kind == "started":
             return f"{label} started: {_short(event.params)}"
         record = event.record
         if record is not None and record.state == "COMPLETE":
-            return f"{label} COMPLETE: eval/loss {record.eval_loss:.4f} in {record.seconds:.1f} s | {self._best_line}"
-        return f"{label} {event.kind}: {record.reason if record else ''}"
+            objectives = ", ".join(f"{metric} {value:.4f}" for metric, value in self._objectives(record.values))
+            return f"{label} COMPLETE: {objectives} in {record.seconds:.1f} s | {self._best_line}"
+        return f"{label} {record.outcome}: {record.detail}" if record else f"{label} {event.kind}"
 
     def render(self) -> Group:
         with self._lock:
             counts, best_line = dict(self._counts), self._best_line
-        header = (
-            f"[bold]{self.runner.sweep.name}[/bold]  complete {counts['COMPLETE']}  running {counts['RUNNING']}  "
-            f"pruned {counts['PRUNED']}  failed {counts['FAIL']}"
+        header = Text.assemble(
+            (self.scheduler.sweep.name, "bold"),
+            f"  complete {counts['COMPLETE']}  running {counts['RUNNING']}  pruned {counts['PRUNED']}  "
+            f"failed {counts['FAIL']}" + (f" (diverged {counts['DIVERGED']})" if counts.get("DIVERGED") else ""),
         )
         table = Table(show_header=True, header_style="bold", box=None)
-        for column in ("trial", "progress", "step", "train/loss", "eval/loss", "params"):
+        metrics = ["train/loss", *(o.metric for o in self.scheduler.sweep.objectives if o.metric != "train/loss")]
+        for column in ("trial", "progress", "step", *metrics, "params"):
             table.add_column(column)
-        for running in sorted(self.runner.running.copy().values(), key=lambda item: item.number):
+        for running in sorted(self.scheduler.running.copy().values(), key=lambda item: item.number):
             progress = self._read_progress(running.progress_file)
             total = progress.get("total_steps") or 1
             step = progress.get("step") or 0
             table.add_row(
-                f"{running.number}" + (" (baseline)" if running.baseline else ""),
+                Text(running.label or f"{running.number}" + (" (baseline)" if running.baseline else "")),
                 ProgressBar(total=total, completed=step, width=24),
                 f"{step}/{progress.get('total_steps') or '?'}",
-                _fmt(progress.get("train_loss")),
-                _fmt(progress.get("eval_loss")),
-                _short(running.params),
+                *(_fmt(progress.get("latest", {}).get(metric)) for metric in metrics),
+                Text(_short(running.params)),
             )
-        return Group(header, best_line, table)
+        return Group(header, Text(best_line), table)
 
     @staticmethod
     def _read_progress(path: Any) -> dict[str, Any]:

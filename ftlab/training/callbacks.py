@@ -1,7 +1,7 @@
 """How the training loop reports to the outside world without importing Optuna or MLflow.
 
 The loop calls these hooks; the sweep (Optuna pruning), the tracker (MLflow), the live view and the tests' fault
-injection (``ftlab.training.faults``) implement them.
+injection (``tests/support/faults.py``, through :mod:`ftlab.training.plugins`) implement them.
 A hook may raise to stop training (for example the sweep's pruning decision); the loop lets it propagate.
 """
 
@@ -28,10 +28,11 @@ class TrainPlan:
     validation_blocks: int
     block_size: int
     start_step: int = 0  # > 0 when resuming from a checkpoint: steps 1..start_step are not run again
+    world_size: int = 1  # the trial's processes, each running micro-batch × accumulation sequences per step
 
     @property
     def total_train_batch_size(self) -> int:
-        return self.per_device_train_batch_size * self.gradient_accumulation_steps
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps * self.world_size
 
     @property
     def total_tokens(self) -> int:
@@ -40,17 +41,10 @@ class TrainPlan:
 
 @dataclass
 class TrainResult:
-    """The figures a finished training run ends with."""
+    """What a finished training run ends with: its final figures by name (see :mod:`ftlab.figures`)."""
 
     steps: int
-    tokens_seen: int
-    train_loss: float  # token-weighted mean over the whole run
-    eval_loss: float
-    eval_perplexity: float
-    best_eval_loss: float
-    seconds: float
-    tokens_per_second: float
-    peak_memory_mb: float
+    metrics: dict[str, float]  # eval/loss, eval/perplexity, train/loss, train/tokens_seen, perf/train_seconds…
     history: list[dict[str, Any]] = field(default_factory=list)  # one entry per evaluation
 
 

@@ -10,12 +10,13 @@ measures it against a plain Trainer script.
 The file reads top to bottom: the errors it raises, small setup helpers, then :func:`train`, whose one loop runs
 forward/backward, optimizer step, log, evaluate, checkpoint and stop on request. What the loop changes as it goes lives
 in :class:`~ftlab.training.state.TrainState`; tracking, pruning, progress and test-only fault injection
-(:mod:`ftlab.training.faults`) come in through callbacks; the out-of-memory retry (:mod:`ftlab.training.oom`) wraps
+(:mod:`ftlab.training.plugins`) come in through callbacks; the out-of-memory retry (:mod:`ftlab.training.oom`) wraps
 the whole call.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import time
@@ -25,8 +26,16 @@ from pathlib import Path
 import torch
 
 from ftlab.config import TrainConfig
+from ftlab.figures import Measured, final_figures, holdout_figures
 from ftlab.training.callbacks import TrainingCallback, TrainPlan, TrainResult
-from ftlab.training.checkpoint import load_training_state, save_model_atomically, save_training_state
+from ftlab.training.checkpoint import (
+    load_sharded_training_state,
+    load_training_state,
+    save_model,
+    save_sharded_training_state,
+    save_training_state,
+)
+from ftlab.training.distributed import SINGLE, Parallel, evaluate_sharded, to_float
 from ftlab.training.metrics import count_label_tokens, evaluate, perplexity
 from ftlab.training.optim import build_optimizer, build_scheduler, warmup_steps_for
 from ftlab.training.runtime import Runtime, peak_memory_mb
@@ -157,24 +166,41 @@ def _initial_state(
     device: torch.device,
     total_steps: int,
     resume_from: Path | None,
+    parallel: Parallel,
 ) -> TrainState:
     """A fresh optimizer and schedule for ``model``, continued from the checkpoint ``resume_from`` if there is one."""
     optimizer = build_optimizer(model, config, device)
     scheduler = build_scheduler(optimizer, config, total_steps)
     state = TrainState(model, optimizer, scheduler, device)
+    if parallel.active:
+        load_sharded_training_state(state, resume_from, parallel)
+        return state
     resumed = load_training_state(resume_from)
     if resumed is not None:
         state.load_state_dict(resumed)
     return state
 
 
-def _save_checkpoint(state: TrainState, path: Path, callback: TrainingCallback) -> None:
-    """Write the resumable state of ``state.step`` to ``path``, whole or not at all."""
-    callback.on_checkpoint_begin(state.step, str(path))
+def _save_checkpoint(state: TrainState, path: Path, callback: TrainingCallback, parallel: Parallel) -> None:
+    """Write the resumable state of ``state.step`` to ``path``, whole or not at all (one shard per rank)."""
+    parallel.on_main(lambda: callback.on_checkpoint_begin(state.step, str(path)))
     # The open logging window is counted now, so the next log covers only later steps, as a resumed run's would.
+    parallel.mean_(state.window_loss)
     state.fold_window()
-    save_training_state(state.state_dict(), path)
-    callback.on_checkpoint(state.step, str(path))
+    if parallel.active:
+        save_sharded_training_state(state, path, parallel)
+    else:
+        save_training_state(state.state_dict(), path)
+    parallel.on_main(lambda: callback.on_checkpoint(state.step, str(path)))
+
+
+def _check_group(config: TrainConfig, parallel: Parallel) -> None:
+    """The process group must be the one the settings ask for: the effective batch counts its ranks."""
+    if parallel.world_size != config.nproc_per_node:
+        raise ValueError(
+            f"nproc_per_node={config.nproc_per_node} but this process group has {parallel.world_size} rank(s); "
+            f"start the trial with ftlab.training.launch"
+        )
 
 
 def train(
@@ -188,6 +214,8 @@ def train(
     checkpoint_path: Path | None = None,
     resume_from: Path | None = None,
     stop_requested: threading.Event | None = None,
+    parallel: Parallel = SINGLE,
+    holdout_blocks: torch.Tensor | None = None,
 ) -> TrainResult:
     """Fine-tune ``model`` on packed ``train_blocks`` and evaluate it on ``validation_blocks``.
 
@@ -202,6 +230,11 @@ def train(
         checkpoint_path: where resumable checkpoints are written (see ``save_steps``); None writes none.
         resume_from: a checkpoint to resume from (a retried trial's predecessor's); ignored if absent.
         stop_requested: when set, training stops after the current optimizer step, saving a checkpoint first.
+        parallel: this process's rank in a trial of ``nproc_per_node`` processes (see
+            :mod:`ftlab.training.distributed`); callbacks run on rank 0 only, checkpoints are sharded by rank.
+        holdout_blocks: if given, the final model is evaluated on them once, after the last step, and the result
+            has ``holdout/loss`` and ``holdout/perplexity`` too (``ftlab confirm``'s runs; sweep trials never pass
+            them). No hook hears of it: nothing may prune, or choose, on the holdout.
 
     Raises:
         NonFiniteLossError: the loss became NaN or infinite.
@@ -209,17 +242,19 @@ def train(
         TrainingPreemptedError: ``stop_requested`` was set.
     """
     callback = callback or TrainingCallback()
+    _check_group(config, parallel)
     device = runtime.device
     micro, accumulation = config.per_device_train_batch_size, config.gradient_accumulation_steps
     total_steps, steps_per_epoch = plan_steps(config, train_blocks.size(0))
     train_blocks, validation_blocks = _place_blocks(train_blocks, validation_blocks, device)
     _prepare_model(model, config, device)
-    state = _initial_state(model, config, device, total_steps, resume_from)
+    model = parallel.wrap(model, device)
+    state = _initial_state(model, config, device, total_steps, resume_from, parallel)
     plan = TrainPlan(
         total_steps=total_steps,
         warmup_steps=warmup_steps_for(config, total_steps),
         steps_per_epoch=steps_per_epoch,
-        tokens_per_step=micro * accumulation * train_blocks.size(1),
+        tokens_per_step=config.total_train_batch_size * train_blocks.size(1),
         per_device_train_batch_size=micro,
         gradient_accumulation_steps=accumulation,
         learning_rate=float(state.scheduler.base_lrs[0]),
@@ -229,30 +264,42 @@ def train(
         validation_blocks=validation_blocks.size(0),
         block_size=train_blocks.size(1),
         start_step=state.step,
+        world_size=parallel.world_size,
     )
-    callback.on_train_begin(plan)
-    # Label tokens per optimizer step: the same for every packed block, counted once on the host.
+    parallel.on_main(lambda: callback.on_train_begin(plan))
+    # Label tokens per optimizer step on this rank: the same for every packed block, counted once on the host.
     num_items = torch.tensor(count_label_tokens(train_blocks[:micro].cpu()) * accumulation, device=device)
     clip = config.max_grad_norm if config.max_grad_norm > 0 else math.inf
     runtime.reset_peak_memory()
     started = time.perf_counter()
 
+    # Per step, not worth a broadcast: on rank 0 only, and if it raises, the launcher ends the group.
+    on_step_begin = callback.on_step_begin if parallel.is_main else _no_hook
     batches = _step_batches(
-        config.seed, state.step + 1, total_steps, steps_per_epoch, micro * accumulation, train_blocks.size(0), device
+        config.seed,
+        state.step + 1,
+        total_steps,
+        steps_per_epoch,
+        config.total_train_batch_size,
+        train_blocks.size(0),
+        device,
     )
-    for step, step_indices in batches:
-        callback.on_step_begin(step)
+    for step, step_blocks in batches:
+        on_step_begin(step)
+        step_indices = parallel.rank_share(step_blocks)
 
         # forward/backward over the micro-batches
         step_loss = torch.zeros((), dtype=torch.float64, device=device)
         for micro_step in range(accumulation):
             batch = train_blocks[step_indices[micro_step * micro : (micro_step + 1) * micro]]
             batch = batch.to(device, non_blocking=True)
-            with runtime.autocast():
-                # num_items_in_batch makes the model's loss sum/(tokens in the whole optimizer step), so summing the
-                # micro-batch losses gives the token-weighted mean: 2×4 and 8×1 report the same loss.
-                loss = model(input_ids=batch, labels=batch, num_items_in_batch=num_items, use_cache=False).loss
-            loss.backward()
+            # Ranks exchange gradients once per optimizer step, after its last micro-batch.
+            with parallel.gradient_sync(model, micro_step == accumulation - 1):
+                with runtime.autocast():
+                    # num_items_in_batch makes the model's loss sum/(tokens in the whole optimizer step), so summing
+                    # the micro-batch losses gives the token-weighted mean: 2×4 and 8×1 report the same loss.
+                    loss = model(input_ids=batch, labels=batch, num_items_in_batch=num_items, use_cache=False).loss
+                loss.backward()
             step_loss += loss.detach().double()
 
         # optimizer step
@@ -268,61 +315,91 @@ def train(
         fidelity = _fidelity_point(config, step, tokens_seen, plan.tokens_per_step)
         is_eval_step = step == total_steps or fidelity is not None
         if step % config.logging_steps == 0 or is_eval_step:
+            parallel.mean_(state.window_loss)
             mean_loss = state.close_window()  # the one host sync per logging window
             if not math.isfinite(mean_loss):
                 raise NonFiniteLossError(step, mean_loss)
             elapsed = time.perf_counter() - started
-            callback.on_log(
+            log_hook = functools.partial(
+                callback.on_log,
                 step,
                 {
                     "train/loss": mean_loss,
                     "train/learning_rate": state.scheduler.get_last_lr()[0],
-                    "train/grad_norm": float(grad_norm),
+                    "train/grad_norm": to_float(grad_norm),
                     "train/tokens_seen": float(tokens_seen),
                     "train/epoch": step / steps_per_epoch,
                     "perf/tokens_per_second": (step - plan.start_step) * plan.tokens_per_step / elapsed,
                     "perf/peak_memory_mb": peak_memory_mb(device),
                 },
             )
+            parallel.on_main(log_hook)
 
         # evaluate
         if is_eval_step:
-            eval_loss, eval_tokens = evaluate(
-                model, validation_blocks, config.per_device_eval_batch_size, device, runtime.autocast()
-            )
+            eval_loss, eval_tokens = _evaluate(model, validation_blocks, config, runtime, parallel)
             metrics = {"eval/loss": eval_loss, "eval/perplexity": perplexity(eval_loss), "eval/tokens": eval_tokens}
             # Pruners compare trials at the same fidelity point: the eval_tokens multiple just crossed, or the
             # tokens seen when evaluating by steps or at the end.
             point = fidelity if fidelity is not None else tokens_seen
             if state.record_evaluation(step, tokens_seen, point, metrics) and best_model_dir is not None:
-                save_model_atomically(model, best_model_dir)
-                callback.on_checkpoint(step, str(best_model_dir))
-            callback.on_evaluate(step, point, metrics)
+                save_model(model, best_model_dir, parallel)
+                parallel.on_main(functools.partial(callback.on_checkpoint, step, str(best_model_dir)))
+            parallel.on_main(functools.partial(callback.on_evaluate, step, point, metrics))
 
         # checkpoint
         saved = checkpoint_path is not None and _is_save_step(config, step, total_steps, is_eval_step)
         if saved:
-            _save_checkpoint(state, checkpoint_path, callback)
+            _save_checkpoint(state, checkpoint_path, callback, parallel)
 
         # stop on request: a preempting scheduler's grace period is short, so stop at this step boundary, with a
         # checkpoint to resume from
-        if stop_requested is not None and stop_requested.is_set() and step < total_steps:
+        if _stop_requested(stop_requested, parallel, device) and step < total_steps:
             if checkpoint_path is not None and not saved:
-                _save_checkpoint(state, checkpoint_path, callback)
+                _save_checkpoint(state, checkpoint_path, callback, parallel)
             raise TrainingPreemptedError(step, checkpoint_path)
 
-    seconds = time.perf_counter() - started
-    result = TrainResult(
+    measured = Measured(
         steps=total_steps,
         tokens_seen=plan.total_tokens,
         train_loss=state.run_loss_sum / total_steps,  # every step's loss, also those run before a resume
         eval_loss=state.eval_loss,
-        eval_perplexity=perplexity(state.eval_loss),
         best_eval_loss=state.best_eval_loss,
-        seconds=seconds,
-        tokens_per_second=plan.total_tokens / seconds,
+        seconds=time.perf_counter() - started,
         peak_memory_mb=peak_memory_mb(device),
-        history=state.history,
+        devices=parallel.world_size,
     )
-    callback.on_train_end(result)
+    # After the clock stopped: a confirmation's check on the holdout is not training time.
+    figures = final_figures(measured) | _on_holdout(model, holdout_blocks, config, runtime, parallel)
+    result = TrainResult(steps=total_steps, metrics=figures, history=state.history)
+    parallel.on_main(lambda: callback.on_train_end(result))
     return result
+
+
+def _no_hook(step: int) -> None:
+    pass
+
+
+def _evaluate(
+    model: torch.nn.Module, blocks: torch.Tensor, config: TrainConfig, runtime: Runtime, parallel: Parallel
+) -> tuple[float, int]:
+    """(eval loss, tokens scored) over all of ``blocks`` (the validation or the holdout split), shared out among the
+    ranks if there are several."""
+    batch_size = config.per_device_eval_batch_size
+    if parallel.active:
+        return evaluate_sharded(model, blocks, batch_size, runtime.device, runtime.autocast(), parallel)
+    return evaluate(model, blocks, batch_size, runtime.device, runtime.autocast())
+
+
+def _on_holdout(
+    model: torch.nn.Module, blocks: torch.Tensor | None, config: TrainConfig, runtime: Runtime, parallel: Parallel
+) -> dict[str, float]:
+    """The final model's holdout figures; none without holdout blocks (every sweep trial)."""
+    if blocks is None:
+        return {}
+    return holdout_figures(_evaluate(model, blocks, config, runtime, parallel)[0])
+
+
+def _stop_requested(event: threading.Event | None, parallel: Parallel, device: torch.device) -> bool:
+    """Whether to stop at this step boundary: asked of one rank (a signal) is asked of all, at the same step."""
+    return parallel.any(event is not None and event.is_set(), device)

@@ -6,21 +6,16 @@ per-batch means, which over-weights short batches), and perplexity is exp of exa
 
 from __future__ import annotations
 
-import math
 from contextlib import AbstractContextManager
 
 import torch
 import torch.nn.functional as F
 
+from ftlab.figures import perplexity  # re-exported: the per-evaluation metrics use it too
+
+__all__ = ["IGNORE_INDEX", "count_label_tokens", "evaluate", "perplexity", "sum_token_nll"]
+
 IGNORE_INDEX = -100  # label value that transformers' losses skip (padding, masked prompt tokens)
-_MAX_EXP_ARG = math.log(torch.finfo(torch.float64).max)  # ≈ 709.78; beyond it exp overflows
-
-
-def perplexity(loss: float) -> float:
-    """exp(loss), returning ``inf`` instead of raising ``OverflowError`` for very large losses."""
-    if math.isnan(loss):
-        return math.nan
-    return math.exp(loss) if loss < _MAX_EXP_ARG else math.inf
 
 
 def count_label_tokens(labels: torch.Tensor) -> int:

@@ -75,7 +75,8 @@ def with_oom_retry(
         micro, accumulation = config.per_device_train_batch_size, config.gradient_accumulation_steps
         if micro == 1:
             raise OutOfMemoryAtBatchOneError(message)
-        new_micro, new_accumulation = split_effective_batch(config.total_train_batch_size, micro // 2)
+        # Per process: with several, each keeps its share of the effective batch.
+        new_micro, new_accumulation = split_effective_batch(micro * accumulation, micro // 2)
         history.append(f"{micro}x{accumulation}->{new_micro}x{new_accumulation}")
         config = config.model_copy(
             update={"per_device_train_batch_size": new_micro, "gradient_accumulation_steps": new_accumulation}

@@ -69,10 +69,13 @@ class TrainState:
         An open logging window is counted in the saved ``run_loss_sum``, so a resumed run counts every step's loss
         once; the loop folds the window before saving, so that its own next log matches the resumed run's.
         """
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), **self.progress_dict()}
+
+    def progress_dict(self) -> dict[str, Any]:
+        """The resumable state apart from weights and optimizer: schedule, step, random numbers and figures (what a
+        sharded checkpoint keeps per rank beside the shards)."""
         return {
             "step": self.step,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "cpu_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state() if self.device.type == "cuda" else None,
@@ -86,6 +89,10 @@ class TrainState:
         """Continue from ``state`` (a ``state_dict()``): weights, optimizer, schedule, random numbers and figures."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.load_progress_dict(state)
+
+    def load_progress_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a :meth:`progress_dict` (the weights and optimizer are restored by the caller)."""
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["cpu_rng"])
         if self.device.type == "cuda" and state["cuda_rng"] is not None:

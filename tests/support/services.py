@@ -1,8 +1,9 @@
-"""Real services for tests: a throwaway PostgreSQL database and an MLflow tracking server on it. No mocks.
+"""Real services for tests and benchmarks: a throwaway PostgreSQL database, an MLflow tracking server on it, and
+Optuna's gRPC storage proxy in front of a database. No mocks.
 
 Use the fixtures by registering this module as a plugin, once, in the test module (or in ``tests/conftest.py``)::
 
-    pytest_plugins = ["tests.services"]
+    pytest_plugins = ["tests.support.services"]
 
     @pytest.mark.services
     def test_workers_share_a_study(postgres_url, mlflow_server):
@@ -46,7 +47,7 @@ import pytest
 import sqlalchemy
 from sqlalchemy.exc import OperationalError
 
-from ftlab.tracking import redact_url
+from ftlab.errors import redact_url
 
 POSTGRES_SERVER_URL = os.environ.get("FTLAB_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
 _CONNECT_TIMEOUT_S = 3
@@ -353,3 +354,33 @@ def mlflow_server_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[M
 def mlflow_server(mlflow_server_module: MlflowServer) -> MlflowServer:
     """The module's MLflow server, running (started again if an earlier test stopped it)."""
     return mlflow_server_module.start()
+
+
+@contextlib.contextmanager
+def grpc_proxy(
+    database_url: str, folder: Path, pids: list[int] | None = None, port: int | None = None
+) -> Iterator[str]:
+    """Optuna's gRPC storage proxy in front of the database, as a process of its own (``docker-compose.yml``'s
+    ``storage-proxy`` service runs the same code), on ``port`` (default a free one). ``get_storage`` adds Optuna's
+    cache of finished trials, as ``run_grpc_proxy_server``'s documentation asks."""
+    from optuna.storages import GrpcStorageProxy
+
+    port = port or free_port()
+    code = (
+        "import sys; from optuna.storages import RDBStorage, get_storage, run_grpc_proxy_server; "
+        "run_grpc_proxy_server(get_storage(RDBStorage(sys.argv[1], engine_kwargs={'pool_pre_ping': True})), "
+        "host='127.0.0.1', port=int(sys.argv[2]))"
+    )
+    with (folder / "grpc-proxy.log").open("wb") as log:
+        process = subprocess.Popen([sys.executable, "-c", code, database_url, str(port)], stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    if pids is not None:
+        pids.append(process.pid)  # for its CPU time
+    try:
+        proxy = GrpcStorageProxy(host="127.0.0.1", port=port)
+        proxy.wait_server_ready(timeout=60)
+        proxy.close()
+        yield f"grpc://127.0.0.1:{port}"
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)

@@ -2,7 +2,9 @@
 
 ``pool_pre_ping`` replaces connections that died while idle in the pool; a connection that dies in the middle of a
 query still raises. The operations below are retried with exponential backoff (tenacity) while the error is a lost
-connection, and only then: a bad value or a constraint violation fails at once, as it would again.
+connection, and only then: a bad value or a constraint violation fails at once, as it would again. Single storage
+calls get this from :class:`ftlab.storage.RetryingStorage`; callers use :func:`retry_on_connection_loss` themselves
+only for compound steps that must be redone as a whole.
 """
 
 from __future__ import annotations

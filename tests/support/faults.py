@@ -1,10 +1,11 @@
 """Faults injected on purpose, so that tests can prove a sweep survives them: out of memory, a NaN loss, a segfault,
-a SIGKILL halfway through writing a checkpoint, and a file-size limit that makes every large write fail.
+a SIGKILL halfway through writing a checkpoint, a file-size limit that makes every large write fail, and slow steps
+(a trial that lasts long enough for a scheduler to cancel, requeue or time out its job mid-trial).
 
-The training loop knows nothing of them. They are training callbacks (and one forward hook) that the trial process
-installs from outside: ``train(..., callback=CallbackList([..., *fault_callbacks(model)]))``. Which faults, at which
-step and in which trial is read from ``FTLAB_INJECT_FAULT`` (see :class:`InjectedFaults`); unset in normal use, when
-``fault_callbacks`` returns no callback at all.
+Test code only: the package ships none of it. They are training callbacks (and one forward hook); a test installs
+them directly, ``train(..., callback=CallbackList([..., *fault_callbacks(model)]))``, or has every trial of a real
+sweep install them through ftlab's ``FTLAB_TRAINING_CALLBACKS`` hook: :func:`fault_env` gives the environment for
+that. Which faults, at which step and in which trial is read from ``FTLAB_INJECT_FAULT`` (see :class:`InjectedFaults`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import math
 import os
 import resource
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,21 @@ import torch
 
 from ftlab.fileio import atomic_path
 from ftlab.training.callbacks import TrainingCallback, TrainPlan
+from ftlab.training.plugins import ENV_VAR as CALLBACKS_ENV_VAR
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def fault_env(faults: str) -> dict[str, str]:
+    """Environment variables that make every trial of a sweep (or ``ftlab train``) inject ``faults``, in the format
+    of :class:`InjectedFaults`: the faults, ftlab's hook naming :func:`fault_callbacks`, and ``PYTHONPATH`` with the
+    repository root, so that a CLI started in another folder (and its trials) can import this module."""
+    python_path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    return {
+        "FTLAB_INJECT_FAULT": faults,
+        CALLBACKS_ENV_VAR: f"{__name__}:fault_callbacks",
+        "PYTHONPATH": python_path,
+    }
 
 
 @dataclass(frozen=True)
@@ -32,7 +49,8 @@ class InjectedFaults:
     is larger than B), ``nan_at_step=N`` (make the loss NaN at step N), ``segfault_at_step=N`` (kill the process with
     SIGSEGV at step N), ``kill_in_checkpoint_at_step=N`` (SIGKILL halfway through writing step N's checkpoint),
     ``file_size_limit=B`` (no file may grow past B bytes from the first step on, as a full disk or ``ulimit -f``
-    would have it), ``trial=K`` (only in sweep trial number K, read from ``FTLAB_TRIAL_NUMBER``). Groups separated
+    would have it), ``step_delay_ms=D`` (every optimizer step takes D ms longer, without using the CPU), ``trial=K``
+    (only in sweep trial number K, read from ``FTLAB_TRIAL_NUMBER``). Groups separated
     by ``;`` give different trials different faults: ``nan_at_step=3,trial=1;segfault_at_step=2,trial=2``. Unset in
     normal use.
     """
@@ -43,6 +61,7 @@ class InjectedFaults:
     segfault_at_step: int | None = None
     kill_in_checkpoint_at_step: int | None = None
     file_size_limit: int | None = None
+    step_delay_ms: int | None = None
     trial: int | None = None
 
     @classmethod
@@ -84,6 +103,16 @@ class FileSizeLimiter(TrainingCallback):
 
     def on_train_begin(self, plan: TrainPlan) -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (self.limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+
+class StepDelayInjector(TrainingCallback):
+    """Sleeps ``delay_ms`` as every step begins: a long trial of a tiny model, for the scheduler tests."""
+
+    def __init__(self, delay_ms: int) -> None:
+        self.delay_s = delay_ms / 1000
+
+    def on_step_begin(self, step: int) -> None:
+        time.sleep(self.delay_s)
 
 
 class SegfaultInjector(TrainingCallback):
@@ -157,4 +186,6 @@ def fault_callbacks(model: torch.nn.Module) -> list[TrainingCallback]:
         callbacks.append(TornCheckpointInjector(model, faults.kill_in_checkpoint_at_step))
     if faults.file_size_limit is not None:
         callbacks.append(FileSizeLimiter(faults.file_size_limit))
+    if faults.step_delay_ms is not None:
+        callbacks.append(StepDelayInjector(faults.step_delay_ms))
     return callbacks

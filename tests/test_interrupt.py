@@ -1,0 +1,83 @@
+"""Ctrl-C at any moment of `ftlab sweep` exits 130 with one line and no traceback, and no command leaves its trial
+fork server (or any other process) behind: not after Ctrl-C, not after a refusal."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.sweeps import write_sweep
+
+
+def start_sweep(folder: Path, *extra: str) -> subprocess.Popen[str]:
+    env = {**os.environ}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "ftlab.cli", "sweep", str(folder / "sweep.yaml"), *extra],
+        cwd=folder,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group: what stays behind can be found by it
+        # As from a terminal: a background shell would start it with SIGINT ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def assert_nothing_left(pgid: int, within: float = 2.0) -> None:
+    deadline = time.monotonic() + within
+    while group_alive(pgid):
+        if time.monotonic() > deadline:
+            os.killpg(pgid, signal.SIGKILL)
+            pytest.fail(f"processes of the command are still running {within:.0f} s after it exited")
+        time.sleep(0.1)
+
+
+def _wait_until_training(folder: Path, process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 120
+    while not list(folder.glob(".ftlab/trials/*/trial-000/progress.json")):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
+
+
+# While starting (imports, the study), while the trial process loads, and once the first trial is training.
+@pytest.mark.parametrize("moment", [0.3, 1.0, "training"])
+def test_ctrl_c_in_the_first_seconds_exits_130_in_one_line(tmp_path: Path, moment: float | str) -> None:
+    write_sweep(tmp_path, budget={"n_trials": 1})
+    process = start_sweep(tmp_path)
+    if moment == "training":
+        _wait_until_training(tmp_path, process)
+    else:
+        time.sleep(float(moment))
+    os.killpg(process.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole process group
+    __, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("interrupted"), stderr
+    assert_nothing_left(process.pid)
+
+
+def test_a_refused_sweep_leaves_no_fork_server_importing(tmp_path: Path) -> None:
+    # Refused after the trial server started (it starts before the data is checked), while it still imports torch.
+    sweep = write_sweep(tmp_path)
+    sweep.write_text(sweep.read_text().replace("demo://pydoc-topics.txt", "no-such-file.txt"))
+    process = start_sweep(tmp_path)
+    __, stderr = process.communicate(timeout=300)
+    assert process.returncode == 2 and "data file not found" in stderr and "Traceback" not in stderr, stderr
+    assert_nothing_left(process.pid)
