@@ -44,6 +44,7 @@ from rich.table import Table
 from ftlab.console import quiet_libraries
 from ftlab.errors import UserError
 from ftlab.hints import shell_command
+from ftlab.interrupt import as_interrupt, raise_interrupt
 
 
 class CorrectionChoice(StrEnum):
@@ -330,7 +331,9 @@ def stops_cleanly() -> Iterator[None]:
     except PreemptedError:
         err_console.print("stopped by SIGTERM: the interrupted trials saved a checkpoint and will be retried")
         raise typer.Exit(143) from None
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Exception) as error:
+        if not isinstance(as_interrupt(error), KeyboardInterrupt):
+            raise
         _said_interrupted.set()
         err_console.print("interrupted: finished trials are stored; run the same command again to resume")
         raise typer.Exit(130) from None
@@ -915,7 +918,7 @@ def _run() -> None:
 
 
 if _IMPORTING_HANDLED:  # imported: from here on Ctrl-C is a KeyboardInterrupt, handled by each command
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGINT, raise_interrupt)
 
 if __name__ == "__main__":
     main()

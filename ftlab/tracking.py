@@ -24,6 +24,7 @@ from ftlab import paths
 from ftlab.config import SweepConfig
 from ftlab.errors import redact_url
 from ftlab.fileio import naming_space_errors
+from ftlab.interrupt import as_interrupt
 from ftlab.training.callbacks import TrainingCallback, TrainPlan
 
 # MLflow's documented system tags: the parent that nests a run, the description (the UI's "Description"), and the
@@ -143,8 +144,9 @@ Ending = Callable[[BaseException], tuple[str, str] | None]
 
 
 def _ending_for(error: BaseException) -> tuple[str, str]:
-    """How a run ends when its block raises: Ctrl-C is KILLED, anything else FAILED, with the reason."""
-    if isinstance(error, KeyboardInterrupt):
+    """How a run ends when its block raises: Ctrl-C is KILLED (whatever it came out as: :mod:`ftlab.interrupt`),
+    anything else FAILED, with the reason."""
+    if isinstance(as_interrupt(error), KeyboardInterrupt):
         return "KILLED", "stopped by Ctrl-C"
     return "FAILED", f"{type(error).__name__}: {error}"
 

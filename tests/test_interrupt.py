@@ -1,5 +1,6 @@
 """Ctrl-C at any moment of `ftlab sweep` exits 130 with one line and no traceback, and no command leaves its trial
-fork server (or any other process) behind: not after Ctrl-C, not after a refusal."""
+fork server (or any other process) behind: not after Ctrl-C, not after a refusal. Ctrl-C stays Ctrl-C where a library
+turns it into another error (torch.save, writing a checkpoint)."""
 
 from __future__ import annotations
 
@@ -7,19 +8,25 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 
-from tests.support.sweeps import write_sweep
+from tests.helpers import runs_of
+from tests.support.faults import fault_env
+from tests.support.sweeps import SMALL_SWEEP, write_sweep
 
 
-def start_sweep(folder: Path, *extra: str) -> subprocess.Popen[str]:
-    env = {**os.environ}
+def start_sweep(
+    folder: Path, *extra: str, command: str = "sweep", env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    env = {**os.environ, **(env or {})}
     env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.Popen(
-        [sys.executable, "-m", "ftlab.cli", "sweep", str(folder / "sweep.yaml"), *extra],
+        [sys.executable, "-m", "ftlab.cli", command, str(folder / "sweep.yaml"), *extra],
         cwd=folder,
         env=env,
         stdout=subprocess.PIPE,
@@ -81,3 +88,39 @@ def test_a_refused_sweep_leaves_no_fork_server_importing(tmp_path: Path) -> None
     __, stderr = process.communicate(timeout=300)
     assert process.returncode == 2 and "data file not found" in stderr and "Traceback" not in stderr, stderr
     assert_nothing_left(process.pid)
+
+
+@pytest.mark.parametrize("command", ["sweep", "train"])
+def test_ctrl_c_while_torch_saves_a_checkpoint_is_still_ctrl_c(tmp_path: Path, command: str) -> None:
+    # torch's C++ writer turns the KeyboardInterrupt raised in its write callback into "RuntimeError: [enforce fail
+    # at inline_container.cc] unexpected pos": once counted as the trial's own failure, not retried, its run FAILED
+    # (and a traceback from `ftlab train`).
+    write_sweep(tmp_path, budget={"n_trials": 2}, train={**SMALL_SWEEP["train"], "save_steps": 2})
+    process = start_sweep(tmp_path, command=command, env=fault_env("ctrl_c_in_checkpoint_at_step=4"))
+    __, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "RuntimeError" not in stderr, stderr
+    assert [line for line in stderr.splitlines() if line.strip()][-1].startswith("interrupted"), stderr
+    (run,) = [run for run in runs_of(tmp_path, "small") if run.data.tags.get("ftlab.role") != "sweep"]
+    assert run.info.status == "KILLED", run.info
+    if command == "sweep":
+        study = optuna.load_study(study_name="small", storage=f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}")
+        outcome = [(trial.state.name, trial.user_attrs.get("fail_reason")) for trial in study.trials]
+        assert outcome == [("FAIL", "stopped by Ctrl-C"), ("WAITING", None)]
+    assert_nothing_left(process.pid)
+
+
+def test_an_error_once_ctrl_c_came_counts_as_ctrl_c(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ftlab import interrupt
+    from ftlab.sweep.trial_process import record_for, run_ending
+
+    monkeypatch.setattr(interrupt, "_received", threading.Event())
+    error = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 9600192 vs 9600080")
+    assert interrupt.as_interrupt(error) is error and record_for(error).retry is False
+    with pytest.raises(KeyboardInterrupt):
+        interrupt.raise_interrupt(signal.SIGINT, None)
+    assert isinstance(interrupt.as_interrupt(error), KeyboardInterrupt)
+    assert interrupt.as_interrupt(error).__cause__ is error
+    record = record_for(error)
+    assert (record.state, record.reason, record.retry) == ("FAIL", "stopped by Ctrl-C", True)
+    assert run_ending(error) == ("KILLED", "stopped by Ctrl-C")

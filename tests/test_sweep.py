@@ -236,7 +236,8 @@ def test_ctrl_c_ends_runs_killed_and_the_study_resumes(tmp_path: Path) -> None:
     assert process.returncode == 130, stderr
     study = load_study(tmp_path)
     # The interrupted trial is queued again with the same params: stopped from outside, it is not its own failure.
-    assert [trial.state.name for trial in study.trials] == ["FAIL", "WAITING"]
+    outcome = [(trial.state.name, trial.user_attrs.get("fail_reason")) for trial in study.trials]
+    assert [trial.state.name for trial in study.trials] == ["FAIL", "WAITING"], (outcome, stderr)
     assert study.trials[0].user_attrs["fail_reason"] == "stopped by Ctrl-C"
     runs = runs_of(tmp_path, "small")
     assert len(runs) == 2

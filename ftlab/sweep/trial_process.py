@@ -27,6 +27,7 @@ from ftlab.errors import UserError
 from ftlab.figures import HOLDOUT_FIGURES, on_holdout
 from ftlab.fileio import NoSpaceError, atomic_write_json
 from ftlab.folders import refused_write
+from ftlab.interrupt import as_interrupt, raise_interrupt
 from ftlab.record import DIVERGED_PREFIX, TrialRecord
 from ftlab.settings import resolve_train_config
 from ftlab.storage import is_connection_loss, open_storage, retry_on_connection_loss
@@ -121,7 +122,8 @@ EXPECTED_FAILURES = (UserError, SettingsNotAppliedError, OutOfMemoryAtBatchOneEr
 
 
 def record_for(error: BaseException) -> TrialRecord:
-    """What a trial that raised ``error`` comes to."""
+    """What a trial that raised ``error`` comes to (any error after Ctrl-C reached it: :mod:`ftlab.interrupt`)."""
+    error = as_interrupt(error)
     if isinstance(error, optuna.TrialPruned):
         return TrialRecord("PRUNED", str(error))
     if isinstance(error, NonFiniteLossError):
@@ -162,6 +164,7 @@ def run_ending(error: BaseException) -> tuple[str, str] | None:
     trial's run stays as the reaper ended it."""
     if isinstance(error, TrialReapedError):
         return None
+    error = as_interrupt(error)
     record = record_for(error)
     reason = record.reason or ""
     if record.state == "PRUNED" or record.retry or isinstance(error, KeyboardInterrupt):
@@ -192,7 +195,7 @@ def _first_ctrl_c_only(signum: int, frame: object) -> None:
     """A terminal's Ctrl-C reaches this process directly and again through the worker: the first one stops the
     trial, the second must not interrupt it while it ends its run KILLED and writes its record."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise KeyboardInterrupt
+    raise_interrupt(signum, frame)
 
 
 def run_trial_job(job: TrialJob) -> None:

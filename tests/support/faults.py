@@ -48,9 +48,10 @@ class InjectedFaults:
     Format: comma-separated ``oom_at_step=N``, ``oom_above_batch=B`` (raise CUDA OOM at step N while the micro-batch
     is larger than B), ``nan_at_step=N`` (make the loss NaN at step N), ``segfault_at_step=N`` (kill the process with
     SIGSEGV at step N), ``kill_in_checkpoint_at_step=N`` (SIGKILL halfway through writing step N's checkpoint),
-    ``file_size_limit=B`` (no file may grow past B bytes from the first step on, as a full disk or ``ulimit -f``
-    would have it), ``step_delay_ms=D`` (every optimizer step takes D ms longer, without using the CPU), ``trial=K``
-    (only in sweep trial number K, read from ``FTLAB_TRIAL_NUMBER``). Groups separated
+    ``ctrl_c_in_checkpoint_at_step=N`` (a terminal's Ctrl-C, SIGINT to the whole process group, lands while torch.save
+    writes step N's training state), ``file_size_limit=B`` (no file may grow past B bytes from the first step on, as
+    a full disk or ``ulimit -f`` would have it), ``step_delay_ms=D`` (every optimizer step takes D ms longer, without
+    using the CPU), ``trial=K`` (only in sweep trial number K, read from ``FTLAB_TRIAL_NUMBER``). Groups separated
     by ``;`` give different trials different faults: ``nan_at_step=3,trial=1;segfault_at_step=2,trial=2``. Unset in
     normal use.
     """
@@ -60,6 +61,7 @@ class InjectedFaults:
     nan_at_step: int | None = None
     segfault_at_step: int | None = None
     kill_in_checkpoint_at_step: int | None = None
+    ctrl_c_in_checkpoint_at_step: int | None = None
     file_size_limit: int | None = None
     step_delay_ms: int | None = None
     trial: int | None = None
@@ -168,6 +170,49 @@ class TornCheckpointInjector(TrainingCallback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+class CtrlCInCheckpointInjector(TrainingCallback):
+    """Ctrl-C lands inside torch.save as it writes step ``step``'s training state, as a user's Ctrl-C at that moment
+    would: torch's C++ writer turns the KeyboardInterrupt raised in its write callback into a RuntimeError.
+
+    SIGINT goes to the whole process group, as a terminal sends it: run the command in a session of its own.
+    """
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_checkpoint_begin(self, step: int, path: str) -> None:
+        if step != self.step:
+            return
+        real_save = torch.save
+
+        def save_interrupted(state: Any, file: Any, *args: Any, **kwargs: Any) -> None:
+            torch.save = real_save
+            real_save(state, _CtrlCWhileWriting(file), *args, **kwargs)
+
+        torch.save = save_interrupted
+
+
+class _CtrlCWhileWriting:
+    """A file that sends Ctrl-C once its second write's bytes are written and waits for it: Python raises
+    KeyboardInterrupt inside that write. The first write would not do: the archive is still empty, torch's writer
+    passes the KeyboardInterrupt on; from the second on, its end-of-file check fails and raises RuntimeError."""
+
+    def __init__(self, file: Any) -> None:
+        self._file = file
+        self._writes = 0
+
+    def write(self, data: bytes) -> int:
+        written = self._file.write(data)
+        self._writes += 1
+        if self._writes == 2:
+            os.killpg(os.getpgid(0), signal.SIGINT)
+            time.sleep(10)  # the handler runs here; were SIGINT ignored, the write would return after the wait
+        return written
+
+    def flush(self) -> None:
+        self._file.flush()
+
+
 def fault_callbacks(model: torch.nn.Module) -> list[TrainingCallback]:
     """The callbacks that inject the faults ``FTLAB_INJECT_FAULT`` asks of this trial into training ``model``.
 
@@ -184,6 +229,8 @@ def fault_callbacks(model: torch.nn.Module) -> list[TrainingCallback]:
         callbacks.append(NanLossInjector(model, faults.nan_at_step))
     if faults.kill_in_checkpoint_at_step is not None:
         callbacks.append(TornCheckpointInjector(model, faults.kill_in_checkpoint_at_step))
+    if faults.ctrl_c_in_checkpoint_at_step is not None:
+        callbacks.append(CtrlCInCheckpointInjector(faults.ctrl_c_in_checkpoint_at_step))
     if faults.file_size_limit is not None:
         callbacks.append(FileSizeLimiter(faults.file_size_limit))
     if faults.step_delay_ms is not None:
