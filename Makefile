@@ -25,7 +25,7 @@ demo: setup
 	@echo "Next: open the MLflow UI with '$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db' (http://127.0.0.1:5000)"
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15  # the 15 slowest, so a slower suite says where
 
 # The slow tier: chaos tests (kills mid-checkpoint, SIGTERM, dropped database connections, a tracking-server outage,
 # a killed confirmation) and smoke runs of the benchmark scripts at tiny size. CI runs it after `make test`.

@@ -90,6 +90,9 @@ def test_a_refused_sweep_leaves_no_fork_server_importing(tmp_path: Path) -> None
     assert_nothing_left(process.pid)
 
 
+# A chaos test (Ctrl-C in the middle of a checkpoint write, like the slow tier's kills mid-checkpoint): the rule it
+# relies on is checked in the everyday tier by test_an_error_once_ctrl_c_came_counts_as_ctrl_c below.
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["sweep", "train"])
 def test_ctrl_c_while_torch_saves_a_checkpoint_is_still_ctrl_c(tmp_path: Path, command: str) -> None:
     # torch's C++ writer turns the KeyboardInterrupt raised in its write callback into "RuntimeError: [enforce fail
