@@ -27,8 +27,9 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q --durations=15  # the 15 slowest, so a slower suite says where
 
-# The slow tier: chaos tests (kills mid-checkpoint, SIGTERM, dropped database connections, a tracking-server outage,
-# a killed confirmation) and smoke runs of the benchmark scripts at tiny size. CI runs it after `make test`.
+# The slow tier: chaos tests (kills mid-checkpoint, Ctrl-C inside torch.save, SIGTERM, dropped database connections,
+# a tracking-server outage, a killed confirmation) and smoke runs of the benchmark scripts at tiny size.
+# CI runs it after `make test`.
 test-slow: setup
 	$(BIN)/python -m pytest -q -m "slow and not browser"
 
