@@ -68,3 +68,9 @@ class DataError(UserError):
 def redact_url(url: str) -> str:
     """Hide the password in ``scheme://user:password@host/...`` URLs, for anything a person or a log will read."""
     return re.sub(r"(?<=://)([^:/@]+):[^@/]*@", r"\1:***@", url)
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of ``error``'s message (of the driver's own error where SQLAlchemy wrapped one), else its type."""
+    text = str(getattr(error, "orig", None) or error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -11,8 +11,7 @@ ftlab asks the backend through the functions below and never looks at a URL itse
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from optuna.storages import BaseStorage
@@ -135,7 +134,5 @@ class StudyLock:
         self.purpose = purpose
         self._mutex = backend_for(storage_url).mutex(storage_url, study_name, purpose)
 
-    @contextmanager
-    def held(self) -> Iterator[None]:
-        with self._mutex.held():
-            yield
+    def held(self) -> AbstractContextManager[object]:
+        return self._mutex.held()

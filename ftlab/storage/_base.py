@@ -8,8 +8,8 @@ within seconds, and whether the store exists already (so that commands that only
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import ClassVar
 
@@ -27,7 +27,7 @@ class StudyMutex(abc.ABC):
     """A lock every worker process of a study agrees on, whatever machine it runs on."""
 
     @abc.abstractmethod
-    def held(self) -> AbstractContextManager[None]:
+    def held(self) -> AbstractContextManager[object]:
         """Hold the lock for the ``with`` block."""
 
 
@@ -67,26 +67,30 @@ class BaseStorageBackend(abc.ABC):
 
 
 class FileBackendBase(BaseStorageBackend):
-    """A backend whose store is one file on this machine (or a filesystem every worker shares), named by its URL."""
+    """A backend whose store is one file on this machine (or a filesystem every worker shares), named by its URL:
+    ``PREFIX``, then the path, with slashes as in ``sqlite:///``: ``sqlite:///study.db`` is relative to the current
+    folder, ``sqlite:////nfs/study.db`` absolute. The study lock is a file beside the store."""
 
-    @staticmethod
-    @abc.abstractmethod
-    def path_of(url: str) -> Path | None:
-        """The store's file for this backend's URL form, None for any other URL."""
+    prefix: ClassVar[str]  # the URL's start, before the file's path: "sqlite:///"
+    lock_infix: ClassVar[str] = ""  # between the store's path and a lock file's suffix
 
     def handles(self, url: str) -> bool:
-        return self.path_of(url) is not None
+        return url.startswith(self.prefix)
 
     def exists(self, url: str) -> bool:
-        return self._file(url).is_file()
+        return self.file(url).is_file()
 
     def local_files(self, url: str) -> list[Path]:
-        return [self._file(url)]
+        return [self.file(url)]
 
-    def _file(self, url: str) -> Path:
-        path = self.path_of(url)
-        assert path is not None, url
-        return path
+    def file(self, url: str) -> Path:
+        """The store's file (for a URL this backend handles)."""
+        return Path(url.removeprefix(self.prefix))
+
+    def mutex(self, url: str, study_name: str, purpose: str) -> StudyMutex:
+        # Nothing more for the study lock, `.purpose` for the others.
+        suffix = "" if purpose == "study" else f".{purpose}"
+        return FileMutex(f"{self.file(url)}{self.lock_infix}{suffix}.lock")
 
 
 def lock_name(study_name: str, purpose: str) -> str:
@@ -94,15 +98,10 @@ def lock_name(study_name: str, purpose: str) -> str:
     return study_name if purpose == "study" else f"{study_name}:{purpose}"
 
 
-def lock_suffix(purpose: str) -> str:
-    """What a lock file's name gets for ``purpose``: nothing for the study lock, ``.purpose`` for the others."""
-    return "" if purpose == "study" else f".{purpose}"
-
-
 class NoMutex(StudyMutex):
     """For storages that offer no lock (a database server other than PostgreSQL): workers are not serialised."""
 
-    def held(self) -> AbstractContextManager[None]:
+    def held(self) -> AbstractContextManager[object]:
         return nullcontext()
 
 
@@ -112,7 +111,5 @@ class FileMutex(StudyMutex):
     def __init__(self, path: str) -> None:
         self._lock = FileLock(path)
 
-    @contextmanager
-    def held(self) -> Iterator[None]:
-        with self._lock:
-            yield
+    def held(self) -> AbstractContextManager[object]:
+        return self._lock

@@ -33,17 +33,16 @@ _STORAGE_MUTEX_LEASE_S = 120.0
 _ROLLED_BACK_DETAILS = "An exception is raised during the commit"
 
 
-def grpc_address(url: str) -> tuple[str, int] | None:
-    """``(host, port)`` of a ``grpc://HOST:PORT`` URL, None for any other URL.
+def grpc_address(url: str) -> tuple[str, int]:
+    """``(host, port)`` of a ``grpc://HOST:PORT`` URL.
 
     Raises:
-        ValueError: a ``grpc://`` URL without a numeric port.
+        ConfigError: the URL has no numeric port.
     """
-    if not url.startswith("grpc://"):
-        return None
     host, _, port = url.removeprefix("grpc://").rstrip("/").rpartition(":")
     if not host or not port.isdigit():
-        raise ValueError(f"a gRPC storage URL is grpc://HOST:PORT, but got {url!r}")
+        message = f"a gRPC storage URL is grpc://HOST:PORT, but got {url!r}"
+        raise ConfigError.single(message, where="--storage", value=url, fix="give the proxy's port")
     return host, int(port)
 
 
@@ -141,11 +140,7 @@ class GrpcBackend(BaseStorageBackend):
     def open(
         self, url: str, config: StorageConfig | None = None, on_stale_trial: StaleTrialCallback | None = None
     ) -> BaseStorage:
-        try:
-            address = grpc_address(url)
-        except ValueError as error:
-            raise ConfigError.single(str(error), where="--storage", value=url, fix="give the proxy's port") from None
-        assert address is not None
+        host, port = grpc_address(url)
         try:
             import grpc  # noqa: F401  (Optuna's proxy client needs it: the extra ftlab[grpc])
         except ImportError:
@@ -157,25 +152,22 @@ class GrpcBackend(BaseStorageBackend):
             ) from None
         with warnings.catch_warnings():  # "experimental": chosen knowingly, and docs/scale-out.md says so
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = HeartbeatGrpcStorageProxy(host=address[0], port=address[1])
-        if config is not None:
-            storage.configure_heartbeat(config.heartbeat_interval, config.grace_period, on_stale_trial)
-        return storage
+            storage = HeartbeatGrpcStorageProxy(host=host, port=port)
+        return storage.configure_heartbeat(config, on_stale_trial)
 
     def mutex(self, url: str, study_name: str, purpose: str) -> StudyMutex:
         return _StorageMutex(self.open(url), f"ftlab.lock:{lock_name(study_name, purpose)}")
 
     def problem(self, url: str, timeout_s: float) -> str | None:
         try:
-            address = grpc_address(url)
-        except ValueError as error:
-            return str(error)
-        assert address is not None
+            host, port = grpc_address(url)
+        except ConfigError as error:
+            return error.problems[0].message
         try:
             proxy = self.open(url)
             assert isinstance(proxy, HeartbeatGrpcStorageProxy)
             proxy.wait_server_ready(timeout=timeout_s)
             proxy.close()
         except (ConnectionError, ConfigError) as error:
-            return f"no gRPC storage proxy answers at {address[0]}:{address[1]} within {timeout_s:.0f} s ({error})"
+            return f"no gRPC storage proxy answers at {host}:{port} within {timeout_s:.0f} s ({error})"
         return None

@@ -5,12 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from contextlib import suppress
+from typing import Self
 
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial, TrialState
 
+from ftlab.config import StorageConfig
 from ftlab.storage._base import StaleTrialCallback
 
 HEARTBEAT_ATTR = "ftlab:heartbeat"  # trial system attribute: the worker's clock (seconds since the epoch) at the beat
@@ -34,13 +36,14 @@ class SystemAttrHeartbeat(BaseHeartbeat):
     _grace_period: int | None = None
     _stale_trial_callback: StaleTrialCallback | None = None
 
-    def configure_heartbeat(
-        self, interval: int, grace_period: int | None, callback: StaleTrialCallback | None = None
-    ) -> None:
-        """Turn heartbeats on: beats every ``interval`` s, stale after ``grace_period`` s (default 2 intervals)."""
-        self._heartbeat_interval = interval
-        self._grace_period = grace_period or 2 * interval
-        self._stale_trial_callback = callback
+    def configure_heartbeat(self, config: StorageConfig | None, callback: StaleTrialCallback | None = None) -> Self:
+        """Turn heartbeats on as ``config`` says (left off without one): beats every ``heartbeat_interval`` s, stale
+        after ``grace_period`` s (default 2 intervals). Returns this storage."""
+        if config is not None:
+            self._heartbeat_interval = config.heartbeat_interval
+            self._grace_period = config.grace_period or 2 * config.heartbeat_interval
+            self._stale_trial_callback = callback
+        return self
 
     def record_heartbeat(self, trial_id: int) -> None:
         # A trial told, or reaped by another worker, since the last beat has nothing left to keep alive.

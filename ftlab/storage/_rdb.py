@@ -13,6 +13,7 @@ import sqlalchemy.exc
 from optuna.storages import BaseStorage, RDBStorage, _CachedStorage
 
 from ftlab.config import StorageConfig
+from ftlab.errors import first_line
 from ftlab.storage._base import BaseStorageBackend, NoMutex, StaleTrialCallback, StudyMutex, lock_name
 from ftlab.storage._retrying import RetryingStorage
 
@@ -36,18 +37,13 @@ def open_rdb(
     return RetryingStorage(_CachedStorage(storage))
 
 
-def advisory_key(name: str) -> int:
-    """A PostgreSQL advisory lock's 64-bit key for a lock name."""
-    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
-
-
 class AdvisoryLock(StudyMutex):
     """A PostgreSQL session advisory lock: released by the server when its session ends, so a dead worker's lock
     does not outlive it."""
 
     def __init__(self, url: str, name: str) -> None:
         self._engine = sqlalchemy.create_engine(url, pool_pre_ping=True, poolclass=sqlalchemy.NullPool)
-        self._key = advisory_key(name)
+        self._key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)  # 64 bits
 
     @contextmanager
     def held(self) -> Iterator[None]:
@@ -102,12 +98,7 @@ class RDBBackend(BaseStorageBackend):
             with engine.connect():
                 pass
         except (sqlalchemy.exc.ArgumentError, ImportError) as error:
-            return f"not a database URL ftlab can open ({_first_line(error)})"
+            return f"not a database URL ftlab can open ({first_line(error)})"
         except sqlalchemy.exc.DBAPIError as error:
-            return f"cannot connect to the study storage: {_first_line(error)}"
+            return f"cannot connect to the study storage: {first_line(error)}"
         return None
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(getattr(error, "orig", None) or error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

@@ -8,11 +8,13 @@ from optuna.storages import BaseStorage
 
 from ftlab.config import StorageConfig
 from ftlab.folders import file_problem
-from ftlab.storage._base import FileBackendBase, FileMutex, StaleTrialCallback, StudyMutex, lock_suffix
+from ftlab.storage._base import FileBackendBase, StaleTrialCallback
 from ftlab.storage._rdb import open_rdb
 
 # SQLite serialises writers; with several trial processes reporting at once, wait for the lock instead of failing.
 _SQLITE_LOCK_TIMEOUT_S = 120
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 def sqlite_file(url: str) -> Path | None:
@@ -20,39 +22,27 @@ def sqlite_file(url: str) -> Path | None:
     return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
 
 
-_SQLITE_HEADER = b"SQLite format 3\x00"
-
-
-def writable_problem(database: Path) -> str | None:
-    """A SQLite file can be written where its folder is, or can be made; an existing one is a SQLite database.
-
-    By writing, not ``os.access``: root passes that check on a read-only mount or an immutable folder.
-    """
-    if problem := file_problem(database):
-        return f"cannot write the database file: {problem}"
-    if database.is_file() and database.stat().st_size > 0:
-        with database.open("rb") as file:
-            if file.read(len(_SQLITE_HEADER)) != _SQLITE_HEADER:
-                return f"{database} is not a SQLite database"
-    return None
-
-
 class SQLiteBackend(FileBackendBase):
     """``sqlite:///PATH``: relative to the current folder, ``sqlite:////PATH`` absolute."""
 
     fix = "give a path to a SQLite database (or to none yet) in a folder this user can write, not on a read-only mount"
 
-    path_of = staticmethod(sqlite_file)
+    prefix = "sqlite:///"
 
     def open(
         self, url: str, config: StorageConfig | None = None, on_stale_trial: StaleTrialCallback | None = None
     ) -> BaseStorage:
-        database = self._file(url)
-        database.parent.mkdir(parents=True, exist_ok=True)
+        self.file(url).parent.mkdir(parents=True, exist_ok=True)
         return open_rdb(url, {"connect_args": {"timeout": _SQLITE_LOCK_TIMEOUT_S}}, config, on_stale_trial)
 
-    def mutex(self, url: str, study_name: str, purpose: str) -> StudyMutex:
-        return FileMutex(f"{self._file(url)}{lock_suffix(purpose)}.lock")
-
     def problem(self, url: str, timeout_s: float) -> str | None:
-        return writable_problem(self._file(url))
+        # A SQLite file can be written where its folder is, or can be made; an existing one is a SQLite database. By
+        # writing, not `os.access`: root passes that check on a read-only mount or an immutable folder.
+        database = self.file(url)
+        if problem := file_problem(database):
+            return f"cannot write the database file: {problem}"
+        if database.is_file() and database.stat().st_size > 0:
+            with database.open("rb") as file:
+                if file.read(len(_SQLITE_HEADER)) != _SQLITE_HEADER:
+                    return f"{database} is not a SQLite database"
+        return None

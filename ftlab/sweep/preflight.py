@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 
 from ftlab.config import SweepConfig, TrainConfig
-from ftlab.errors import ConfigError, Problem, UserError, redact_url
+from ftlab.errors import ConfigError, Problem, UserError, first_line, redact_url
 from ftlab.folders import folder_problem
 from ftlab.settings import resolve_train_config
 from ftlab.storage import backend_for
@@ -39,11 +39,6 @@ def _offline() -> bool:
     return any(
         os.environ.get(name, "").lower() in _OFFLINE_VALUES for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
     )
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(getattr(error, "orig", None) or error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 # --- the model -------------------------------------------------------------------------------------------------------
@@ -103,7 +98,7 @@ def _model_problems(name: str, revision: str | None, where: str) -> list[Problem
     except Exception as error:  # connection refused, DNS failure, timeout: the hub's client raises several kinds
         return [
             Problem(
-                f"cannot reach the Hugging Face hub within {CONNECT_TIMEOUT_S} s ({_first_line(error)})",
+                f"cannot reach the Hugging Face hub within {CONNECT_TIMEOUT_S} s ({first_line(error)})",
                 where,
                 name,
                 "check the network, or set HF_HUB_OFFLINE=1 with the model in the local cache",
