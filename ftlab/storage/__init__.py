@@ -26,11 +26,11 @@ from ftlab.storage._journal import HeartbeatJournalStorage, JournalBackend
 from ftlab.storage._rdb import RDBBackend
 from ftlab.storage._resilience import (
     RECONNECT_TIMEOUT_S,
+    RetryingStorage,
     is_concurrent_schema_creation,
     is_connection_loss,
     retry_on_connection_loss,
 )
-from ftlab.storage._retrying import RetryingStorage
 from ftlab.storage._sqlite import SQLiteBackend, sqlite_file
 
 __all__ = [

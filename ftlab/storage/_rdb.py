@@ -15,7 +15,7 @@ from optuna.storages import BaseStorage, RDBStorage, _CachedStorage
 from ftlab.config import StorageConfig
 from ftlab.errors import first_line
 from ftlab.storage._base import BaseStorageBackend, NoMutex, StaleTrialCallback, StudyMutex, lock_name
-from ftlab.storage._retrying import RetryingStorage
+from ftlab.storage._resilience import RetryingStorage
 
 
 def open_rdb(
