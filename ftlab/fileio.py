@@ -135,15 +135,10 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         raise
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` whole or not at all."""
-    with atomic_path(path) as staging:
-        staging.write_bytes(data)
-
-
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` whole or not at all."""
-    atomic_write_bytes(path, text.encode("utf-8"))
+    with atomic_path(path) as staging:
+        staging.write_bytes(text.encode("utf-8"))
 
 
 def atomic_write_json(path: str | Path, data: Any, **dumps: Any) -> None:

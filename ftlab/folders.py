@@ -17,18 +17,12 @@ from ftlab.errors import UserError
 PATH_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.EISDIR}
 
 
-def nearest_existing(path: Path) -> Path:
-    """``path`` or its nearest ancestor that exists (a missing folder is made in it)."""
-    existing = path
-    while not os.path.lexists(existing) and existing != existing.parent:
-        existing = existing.parent
-    return existing
-
-
 def folder_problem(folder: Path) -> str | None:
     """Why files cannot be made in ``folder`` (made as needed), or None: a file where a folder has to be, or a
     folder that refuses writes (read-only filesystem, immutable, permissions, no space). Leaves nothing behind."""
-    existing = nearest_existing(folder.expanduser())
+    existing = folder.expanduser()  # or its nearest ancestor that exists: a missing folder is made in it
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
     if not existing.is_dir():
         return f"{existing} is a file, not a folder"
     try:

@@ -292,16 +292,8 @@ class MlflowCallback(TrainingCallback):
         self.run = run
 
     def on_train_begin(self, plan: TrainPlan) -> None:
-        self.run.log_params(
-            {
-                "plan.total_steps": str(plan.total_steps),
-                "plan.warmup_steps": str(plan.warmup_steps),
-                "plan.tokens_per_step": str(plan.tokens_per_step),
-                "plan.total_tokens": str(plan.total_tokens),
-                "plan.train_blocks": str(plan.train_blocks),
-                "plan.validation_blocks": str(plan.validation_blocks),
-            }
-        )
+        counts = ("total_steps", "warmup_steps", "tokens_per_step", "total_tokens", "train_blocks", "validation_blocks")
+        self.run.log_params({f"plan.{name}": str(getattr(plan, name)) for name in counts})
         self.run.set_tags({"bf16": str(plan.bf16)})
         if plan.start_step:
             self.run.set_tags({"ftlab.resumed_from_step": str(plan.start_step)})

@@ -139,22 +139,15 @@ def signature_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     ]
 
 
-def changes_since(study: optuna.Study, signature: dict[str, Any]) -> list[str]:
-    """What differs between the sweep the study remembers and ``signature`` (nothing for a study that remembers
-    none, or for model and data an older ftlab did not record)."""
-    old = study.user_attrs.get(SWEEP_ATTR)
-    if old is None:
-        return []
-    return signature_changes(*identity.comparable(old, signature))
-
-
 def refuse_changes(study: optuna.Study, signature: dict[str, Any], source: str, fix: str) -> None:
-    """Refuse to go on with ``study`` if the sweep it remembers differs from ``signature``; records nothing.
+    """Refuse to go on with ``study`` if the sweep it remembers differs from ``signature``; records nothing. A study
+    that remembers none, or no model and data (an older ftlab did not record them), differs in nothing there.
 
     Raises:
         ConfigError: what changed, with ``fix``.
     """
-    if changes := changes_since(study, signature):
+    old = study.user_attrs.get(SWEEP_ATTR)
+    if old is not None and (changes := signature_changes(*identity.comparable(old, signature))):
         raise _changed(study, changes, source, fix)
 
 
@@ -209,13 +202,10 @@ def remember_sweep(
             )
         if not accept_changes:
             raise _changed(study, changes, source, changes_fix)
-        history = [*study.user_attrs.get(SWEEP_CHANGES_ATTR, []), {"at": _now(), "changes": changes}]
+        at = datetime.now(UTC).isoformat(timespec="seconds")
+        history = [*study.user_attrs.get(SWEEP_CHANGES_ATTR, []), {"at": at, "changes": changes}]
         study.set_user_attr(SWEEP_CHANGES_ATTR, history)
     study.set_user_attr(SWEEP_ATTR, signature)
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def load_study(sweep: SweepConfig, storage_url: str) -> optuna.Study:
