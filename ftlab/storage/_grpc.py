@@ -92,14 +92,13 @@ class _StorageMutex(StudyMutex):
     gRPC proxy): creating a study whose name is taken fails (``DuplicatedStudyError``), atomically, in the database
     behind the proxy, so exactly one worker holds it.
 
-    A holder that died leaves its lock study behind: a waiter that has seen the same one for ``lease_s`` seconds
+    A holder that died leaves its lock study behind: a waiter that has seen the same one for ``_STORAGE_MUTEX_LEASE_S``
     deletes it by id. Ids are never reused, so two waiters breaking the same dead lock cannot delete a newer one.
     """
 
-    def __init__(self, storage: BaseStorage, name: str, lease_s: float = _STORAGE_MUTEX_LEASE_S) -> None:
+    def __init__(self, storage: BaseStorage, name: str) -> None:
         self._storage = storage
         self._name = name
-        self._lease_s = lease_s
 
     @contextmanager
     def held(self) -> Iterator[None]:
@@ -119,9 +118,9 @@ class _StorageMutex(StudyMutex):
                 holder = self._storage.get_study_id_from_name(self._name)
             except KeyError:
                 continue  # released in between
-            if time.monotonic() - first_seen.setdefault(holder, time.monotonic()) > self._lease_s:
+            if time.monotonic() - first_seen.setdefault(holder, time.monotonic()) > _STORAGE_MUTEX_LEASE_S:
                 logger.warning(
-                    "study lock %r held for over %.0f s: taking its holder for dead", self._name, self._lease_s
+                    "study lock %r held for over %.0f s: taking its holder for dead", self._name, _STORAGE_MUTEX_LEASE_S
                 )
                 with suppress(KeyError):
                     self._storage.delete_study(holder)
