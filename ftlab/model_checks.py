@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ftlab.config import SweepConfig
-from ftlab.errors import Problem
+from ftlab.errors import Problem, first_line
 
 # A tokenizer with fewer tokens than this is a placeholder (transformers builds one from a config alone), not a
 # vocabulary: byte-level tokenizers have 256 and more.
@@ -26,11 +26,6 @@ _WEIGHT_FILES = (
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
 )
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def model_content_problems(sweep: SweepConfig, source: str) -> list[Problem]:
@@ -52,7 +47,7 @@ def _config_problems(sweep: SweepConfig, source: str) -> tuple[list[Problem], An
         config = transformers.AutoConfig.from_pretrained(name, revision=sweep.model.revision)
     except (OSError, ValueError, KeyError) as error:
         fix = "restore the folder's config.json (save_pretrained writes it), or point model.name_or_path elsewhere"
-        return [Problem(f"the model's config.json cannot be read: {_first_line(error)}", where, name, fix)], None
+        return [Problem(f"the model's config.json cannot be read: {first_line(error)}", where, name, fix)], None
     folder = Path(name).expanduser()
     if folder.is_dir() and not any((folder / file).is_file() for file in _WEIGHT_FILES):
         return [
@@ -105,7 +100,7 @@ def tokenizer_problems(sweep: SweepConfig, source: str) -> list[Problem]:
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(name, revision=sweep.model.revision)
     except Exception as error:  # a missing file, a broken JSON, an unknown class: transformers raises many kinds
-        return [Problem(f"the tokenizer cannot be loaded: {_first_line(error)}", where, name, fix)]
+        return [Problem(f"the tokenizer cannot be loaded: {first_line(error)}", where, name, fix)]
     size = len(tokenizer)
     if size < MIN_VOCABULARY:
         return [Problem(f"the tokenizer has {size} token(s), no vocabulary: are its files missing?", where, name, fix)]

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict
 from ftlab.baselines.trainer_format import TRAINER_LINES, number
 from ftlab.config import TRAIN_KEYS
 from ftlab.errors import CardError
+from ftlab.figures import perplexity as safe_exp  # exp, inf where it would overflow
 from ftlab.filekind import not_a_file_message
 
 NOT_A_CARD_FIX = "pass a README.md written by transformers' Trainer (it has a '### Training hyperparameters' list)"
@@ -32,29 +33,11 @@ NOT_A_CARD_FIX = "pass a README.md written by transformers' Trainer (it has a '#
 _RELATIVE_TOLERANCE = 0.01  # reported perplexity may differ from exp(loss) by rounding, not more
 
 
-# The JSON shape of a baseline, in order. Of each either-or pair the card states one (Trainer writes one).
-_JSON_HEAD = (
-    "source",
-    "base_model",
-    "learning_rate",
-    "per_device_train_batch_size",
-    "per_device_eval_batch_size",
-    "gradient_accumulation_steps",
-    "seed",
-    "lr_scheduler_type",
-)
-_JSON_EITHER_OR = (("warmup_ratio", "warmup_steps"), ("num_train_epochs", "max_steps"))
-_JSON_IF_STATED = ("weight_decay", "max_grad_norm")  # only ftlab's own cards state them
-_JSON_TAIL = (
-    "optim",
-    "adam_beta1",
-    "adam_beta2",
-    "adam_epsilon",
-    "num_devices",
-    "total_train_batch_size",
-    "eval_loss",
-    "train_loss",
-    "perplexity",
+# Left out of a baseline's JSON shape; and shown there only where the card states them (of each either-or pair it
+# states one, as Trainer writes one; only ftlab's own cards state weight_decay and max_grad_norm).
+_NOT_IN_JSON = frozenset({"total_eval_batch_size", "mixed_precision_training"})
+_JSON_IF_STATED = frozenset(
+    {"warmup_ratio", "warmup_steps", "num_train_epochs", "max_steps", "weight_decay", "max_grad_norm"}
 )
 
 
@@ -85,8 +68,6 @@ class CardBaseline(BaseModel):
     adam_beta1: float | None = None
     adam_beta2: float | None = None
     adam_epsilon: float | None = None
-    weight_decay: float | None = None
-    max_grad_norm: float | None = None
     num_devices: int = 1
     total_train_batch_size: int | None = None
     total_eval_batch_size: int | None = None
@@ -94,6 +75,9 @@ class CardBaseline(BaseModel):
     eval_loss: float | None = None
     train_loss: float | None = None
     perplexity: float | None = None
+    # After the results: the JSON shape follows this order (training_settings keeps TrainingArguments' own).
+    weight_decay: float | None = None
+    max_grad_norm: float | None = None
     warnings: list[str] = []
 
     def training_settings(self) -> dict[str, Any]:
@@ -111,12 +95,9 @@ class CardBaseline(BaseModel):
         Of ``warmup_ratio``/``warmup_steps`` and of ``num_train_epochs``/``max_steps`` only the one the card states
         appears; the results are ``null`` where the card reports none.
         """
-        data: dict[str, Any] = {name: getattr(self, name) for name in _JSON_HEAD}
-        for pair in _JSON_EITHER_OR:
-            data |= {name: getattr(self, name) for name in pair if getattr(self, name) is not None}
-        data |= {name: getattr(self, name) for name in _JSON_TAIL}
-        data |= {name: getattr(self, name) for name in _JSON_IF_STATED if getattr(self, name) is not None}
-        data["warnings"] = list(self.warnings)
+        shown = {name: getattr(self, name) for name in type(self).model_fields if name not in _NOT_IN_JSON}
+        data = {name: value for name, value in shown.items() if value is not None or name not in _JSON_IF_STATED}
+        data["warnings"] = list(self.warnings)  # a copy: the last field, so its place stays
         return data
 
 
@@ -377,13 +358,6 @@ def _devices_warning(fields: dict[str, Any]) -> str | None:
     )
 
 
-def _safe_exp(value: float) -> float:
-    try:
-        return math.exp(value)
-    except OverflowError:
-        return math.inf
-
-
 def _perplexity_warning(fields: dict[str, Any]) -> str | None:
     perplexity, loss = fields.get("perplexity"), fields.get("eval_loss")
     if perplexity is None or loss is None:
@@ -391,9 +365,9 @@ def _perplexity_warning(fields: dict[str, Any]) -> str | None:
     if perplexity <= 0:
         return f"The card's perplexity {perplexity:g} is not a perplexity (it must be positive)."
     # Compare in log space so that a huge loss cannot overflow: |ppl / exp(loss) - 1| is the relative difference.
-    if abs(_safe_exp(math.log(perplexity) - loss) - 1) <= _RELATIVE_TOLERANCE:
+    if abs(safe_exp(math.log(perplexity) - loss) - 1) <= _RELATIVE_TOLERANCE:
         return None
-    expected = _safe_exp(loss)
+    expected = safe_exp(loss)
     shown = f"{expected:.1f}" if expected < 1e6 else f"{expected:.4g}"
     return (
         f"The card's perplexity {perplexity:g} is not exp(eval loss {loss:g}) ≈ {shown}; a perplexity of "
