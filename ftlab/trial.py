@@ -172,22 +172,19 @@ def run_trial(
         transformers.set_seed(config.seed)
         model = load_model(sweep, runtime)
         hooks = CallbackList([MlflowCallback(run), *callbacks, *extra_callbacks(model)])
-        try:
-            result = train(
-                model,
-                data.train_tensor(),
-                data.validation_tensor(),
-                config,
-                runtime,
-                hooks,
-                best_model_dir=trial_dir / "best",
-                checkpoint_path=trial_dir / paths.CHECKPOINT_FILE,
-                resume_from=resume_from,
-                stop_requested=stop_requested,
-                holdout_blocks=holdout_blocks,
-            )
-        except NotEnoughDataError as error:
-            raise DataError.single(str(error), where="data", fix="see the message") from None
+        result = train(
+            model,
+            data.train_tensor(),
+            data.validation_tensor(),
+            config,
+            runtime,
+            hooks,
+            best_model_dir=trial_dir / "best",
+            checkpoint_path=trial_dir / paths.CHECKPOINT_FILE,
+            resume_from=resume_from,
+            stop_requested=stop_requested,
+            holdout_blocks=holdout_blocks,
+        )
         return model, result, config
 
     def on_oom_retry(retry: OomRetry) -> None:
@@ -201,7 +198,7 @@ def run_trial(
 
     try:
         model, result, applied = with_oom_retry(attempt, train_config, on_retry=on_oom_retry)
-    except NotEnoughDataError as error:  # from a group's rank 0
+    except NotEnoughDataError as error:  # from train, or a group's rank 0
         raise DataError.single(str(error), where="data", fix="see the message") from None
     model_dir = trial_dir / "final"
     if model is None:  # a group's rank 0 wrote the whole model there

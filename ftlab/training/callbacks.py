@@ -7,6 +7,7 @@ A hook may raise to stop training (for example the sweep's pruning decision); th
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,36 +74,28 @@ class TrainingCallback:
         """Called once training finished normally."""
 
 
-class CallbackList(TrainingCallback):
+HOOKS = frozenset(name for name in vars(TrainingCallback) if name.startswith("on_"))
+"""The names of :class:`TrainingCallback`'s hooks."""
+
+
+class ForwardingCallback(TrainingCallback):
+    """A callback that hands every hook call, by name, to :meth:`forward`."""
+
+    def __getattribute__(self, name: str) -> Any:
+        if name in HOOKS:
+            return functools.partial(object.__getattribute__(self, "forward"), name)
+        return object.__getattribute__(self, name)
+
+    def forward(self, hook: str, *args: Any) -> None:
+        raise NotImplementedError
+
+
+class CallbackList(ForwardingCallback):
     """Fans each hook out to several callbacks, in order."""
 
     def __init__(self, callbacks: list[TrainingCallback]) -> None:
         self.callbacks = callbacks
 
-    def on_train_begin(self, plan: TrainPlan) -> None:
+    def forward(self, hook: str, *args: Any) -> None:
         for callback in self.callbacks:
-            callback.on_train_begin(plan)
-
-    def on_step_begin(self, step: int) -> None:
-        for callback in self.callbacks:
-            callback.on_step_begin(step)
-
-    def on_log(self, step: int, metrics: dict[str, float]) -> None:
-        for callback in self.callbacks:
-            callback.on_log(step, metrics)
-
-    def on_evaluate(self, step: int, tokens_seen: int, metrics: dict[str, float]) -> None:
-        for callback in self.callbacks:
-            callback.on_evaluate(step, tokens_seen, metrics)
-
-    def on_checkpoint_begin(self, step: int, path: str) -> None:
-        for callback in self.callbacks:
-            callback.on_checkpoint_begin(step, path)
-
-    def on_checkpoint(self, step: int, path: str) -> None:
-        for callback in self.callbacks:
-            callback.on_checkpoint(step, path)
-
-    def on_train_end(self, result: TrainResult) -> None:
-        for callback in self.callbacks:
-            callback.on_train_end(result)
+            getattr(callback, hook)(*args)

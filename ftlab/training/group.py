@@ -35,17 +35,13 @@ import transformers
 from torch.distributed.elastic.multiprocessing.api import SignalException
 
 from ftlab.config import TrainConfig
-from ftlab.training.callbacks import CallbackList, TrainingCallback, TrainResult
+from ftlab.training.callbacks import CallbackList, ForwardingCallback, TrainingCallback, TrainResult
 from ftlab.training.checkpoint import save_model
 from ftlab.training.distributed import Parallel, StoppedByRankZeroError
 from ftlab.training.launch import RankFailedError, backend_for, launch
 from ftlab.training.loop import NonFiniteLossError, NotEnoughDataError, TrainingPreemptedError, train
 from ftlab.training.plugins import extra_callbacks_from_env
 from ftlab.training.runtime import Runtime
-
-_HOOKS = frozenset(
-    {"on_train_begin", "on_step_begin", "on_log", "on_evaluate", "on_checkpoint_begin", "on_checkpoint", "on_train_end"}
-)
 
 
 class CallbackRaisedError(RuntimeError):
@@ -69,7 +65,7 @@ class GroupTraining:
     holdout_blocks: torch.Tensor | None = None  # evaluated once on the final model (``ftlab confirm``'s runs only)
 
 
-class _RelayedCallback(TrainingCallback):
+class _RelayedCallback(ForwardingCallback):
     """Rank 0's callback: each hook call goes to the calling process, which answers when its callbacks are done, and
     with whether it was asked to stop (then ``stop_requested`` is set here)."""
 
@@ -77,12 +73,7 @@ class _RelayedCallback(TrainingCallback):
         self.connection = connection
         self.stop_requested = stop_requested
 
-    def __getattribute__(self, name: str) -> Any:
-        if name in _HOOKS:
-            return lambda *args: object.__getattribute__(self, "_call")(name, args)
-        return object.__getattribute__(self, name)
-
-    def _call(self, hook: str, args: tuple[Any, ...]) -> None:
+    def forward(self, hook: str, *args: Any) -> None:
         self.connection.send((hook, args))
         raised, stop = self.connection.recv()
         if stop:

@@ -274,7 +274,7 @@ def train(
     started = time.perf_counter()
 
     # Per step, not worth a broadcast: on rank 0 only, and if it raises, the launcher ends the group.
-    on_step_begin = callback.on_step_begin if parallel.is_main else _no_hook
+    on_step_begin = (callback if parallel.is_main else TrainingCallback()).on_step_begin
     batches = _step_batches(
         config.seed,
         state.step + 1,
@@ -353,8 +353,8 @@ def train(
             _save_checkpoint(state, checkpoint_path, callback, parallel)
 
         # stop on request: a preempting scheduler's grace period is short, so stop at this step boundary, with a
-        # checkpoint to resume from
-        if _stop_requested(stop_requested, parallel, device) and step < total_steps:
+        # checkpoint to resume from; asked of one rank (a signal) is asked of all, at the same step
+        if parallel.any(stop_requested is not None and stop_requested.is_set(), device) and step < total_steps:
             if checkpoint_path is not None and not saved:
                 _save_checkpoint(state, checkpoint_path, callback, parallel)
             raise TrainingPreemptedError(step, checkpoint_path)
@@ -376,10 +376,6 @@ def train(
     return result
 
 
-def _no_hook(step: int) -> None:
-    pass
-
-
 def _evaluate(
     model: torch.nn.Module, blocks: torch.Tensor, config: TrainConfig, runtime: Runtime, parallel: Parallel
 ) -> tuple[float, int]:
@@ -398,8 +394,3 @@ def _on_holdout(
     if blocks is None:
         return {}
     return holdout_figures(_evaluate(model, blocks, config, runtime, parallel)[0])
-
-
-def _stop_requested(event: threading.Event | None, parallel: Parallel, device: torch.device) -> bool:
-    """Whether to stop at this step boundary: asked of one rank (a signal) is asked of all, at the same step."""
-    return parallel.any(event is not None and event.is_set(), device)
