@@ -79,14 +79,6 @@ def latest_sharded_checkpoint(path: Path | None) -> Path | None:
     return folder if folder.is_dir() else None
 
 
-def sharded_checkpoint_step(path: Path | None) -> int | None:
-    """The optimizer step of the latest complete sharded checkpoint in ``path``, if any."""
-    folder = latest_sharded_checkpoint(path)
-    if folder is None:
-        return None
-    return int(torch.load(_rank_file(folder, 0), map_location="cpu", weights_only=False)["step"])
-
-
 def _sharded_state(state: TrainState, parallel: Parallel) -> dict[str, Any]:
     from torch.distributed.checkpoint.state_dict import get_state_dict
 

@@ -128,19 +128,8 @@ def _rank_runtime(runtime: Runtime) -> Runtime:
     return Runtime(device=device, bf16=runtime.bf16)
 
 
-def _outcome(error: Exception) -> dict[str, Any]:
-    """A loop outcome that is not a failure of the group, as data rank 0 returns (exceptions do not all pickle)."""
-    if isinstance(error, NonFiniteLossError):
-        return {"error": "nonfinite", "step": error.step, "loss": error.loss}
-    if isinstance(error, TrainingPreemptedError):
-        return {"error": "preempted", "step": error.step, "checkpoint": error.checkpoint}
-    if isinstance(error, NotEnoughDataError):
-        return {"error": "data", "message": str(error)}
-    return {"error": "stopped", "message": str(error)}  # by a callback on rank 0 (the caller holds the error)
-
-
 def _rank_entry(job: GroupTraining, connection: Connection) -> dict[str, Any]:
-    """One rank: train its share with the group, rank 0 reporting; rank 0's outcome as data."""
+    """One rank: train its share with the group, rank 0 reporting; rank 0's result, or the error the caller raises."""
     if job.runtime.device.type == "cpu":  # the ranks share the cores instead of each taking them all
         threads = job.cpu_threads or os.cpu_count() or 1
         torch.set_num_threads(max(1, threads // job.config.nproc_per_node))
@@ -173,29 +162,11 @@ def _rank_entry(job: GroupTraining, connection: Connection) -> dict[str, Any]:
         )
         if job.final_model_dir is not None:
             save_model(model, job.final_model_dir, parallel)
-    except (
-        NonFiniteLossError,
-        TrainingPreemptedError,
-        NotEnoughDataError,
-        StoppedByRankZeroError,
-        CallbackRaisedError,
-    ) as error:
-        return _outcome(error)
+    except (NonFiniteLossError, TrainingPreemptedError, NotEnoughDataError) as error:
+        return {"error": error}  # a loop outcome, not a failure of the group: the caller raises it again
+    except (StoppedByRankZeroError, CallbackRaisedError) as error:  # by a callback on rank 0 (the caller holds it)
+        return {"error": RuntimeError(f"the trial's process group stopped: {error}")}
     return {"result": asdict(result)}
-
-
-def _raise_outcome(outcome: dict[str, Any], raised: Exception | None) -> None:
-    if raised is not None:
-        raise raised
-    kind = outcome.get("error")
-    if kind == "nonfinite":
-        raise NonFiniteLossError(outcome["step"], outcome["loss"])
-    if kind == "preempted":
-        raise TrainingPreemptedError(outcome["step"], outcome["checkpoint"])
-    if kind == "data":
-        raise NotEnoughDataError(outcome["message"])
-    if kind is not None:
-        raise RuntimeError(f"the trial's process group stopped: {outcome.get('message')}")
 
 
 def train_in_group(
@@ -230,5 +201,8 @@ def train_in_group(
             if error.sigval == signal.SIGINT:
                 raise KeyboardInterrupt from None
             raise
-    _raise_outcome(outcome, server.raised)
+    if server.raised is not None:
+        raise server.raised
+    if "error" in outcome:
+        raise outcome["error"]
     return TrainResult(**outcome["result"])

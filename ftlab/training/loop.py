@@ -54,6 +54,9 @@ class NonFiniteLossError(RuntimeError):
         self.step = step
         self.loss = loss
 
+    def __reduce__(self) -> tuple[type, tuple[int, float]]:  # pickled from a trial group's rank 0 to its caller
+        return type(self), (self.step, self.loss)
+
 
 class NotEnoughDataError(ValueError):
     """The training split is smaller than one optimizer step."""
@@ -67,6 +70,9 @@ class TrainingPreemptedError(RuntimeError):
         super().__init__(f"preempted (SIGTERM) after optimizer step {step}; {saved}")
         self.step = step
         self.checkpoint = checkpoint
+
+    def __reduce__(self) -> tuple[type, tuple[int, Path | None]]:  # pickled from a trial group's rank 0 to its caller
+        return type(self), (self.step, self.checkpoint)
 
 
 def plan_steps(config: TrainConfig, train_blocks: int) -> tuple[int, int]:
