@@ -43,6 +43,17 @@ class Summary:
     spread: float | None  # the seeds' sample standard deviation
 
 
+@dataclass(frozen=True)
+class Difference:
+    """A configuration against the baseline: mean(config) - mean(baseline), its interval, and the verdict."""
+
+    mean: float
+    ci_low: float | None
+    ci_high: float | None
+    p_value: float | None
+    verdict: str
+
+
 def summarize(values: Sequence[float]) -> Summary:
     """Mean, 95 % confidence interval of the mean and spread of one configuration's seed results."""
     data = np.asarray(values, dtype=float)
@@ -56,11 +67,14 @@ def summarize(values: Sequence[float]) -> Summary:
     return Summary(len(data), mean, float(low), float(high), spread)
 
 
-def compare_to_baseline(values: Sequence[float], baseline: Sequence[float], direction: Direction) -> Comparison:
-    """Welch's comparison of a configuration's seed results with the baseline's, and the verdict: a family of one
-    (:func:`compare_many_to_baseline`, Holm's correction of one test changing nothing)."""
-    family = compare_many_to_baseline([dict(enumerate(values))], dict(enumerate(baseline)), direction, planned_seeds=())
-    return family.comparisons[0]
+def compare_to_baseline(values: Sequence[float], baseline: Sequence[float], direction: Direction) -> Difference:
+    """Welch's comparison of a configuration's seed results with the baseline's, and the verdict."""
+    config, base = np.asarray(values, dtype=float), np.asarray(baseline, dtype=float)
+    mean = float(config.mean() - base.mean())
+    if len(config) < 2 or len(base) < 2:
+        return Difference(mean, None, None, None, TOO_FEW)
+    low, high, p_value = welch(config, base, CONFIDENCE)
+    return Difference(mean, low, high, p_value, _verdict(low, high, direction))
 
 
 def welch(config: np.ndarray, base: np.ndarray, confidence: float) -> tuple[float, float, float | None]:
@@ -78,6 +92,16 @@ def welch(config: np.ndarray, base: np.ndarray, confidence: float) -> tuple[floa
     interval = test.confidence_interval(confidence)
     p_value = None if math.isnan(test.pvalue) else float(test.pvalue)
     return float(interval.low), float(interval.high), p_value
+
+
+def _verdict(low: float, high: float, direction: Direction) -> str:
+    """The verdict from the interval of mean(config) - mean(baseline)."""
+    better_below = direction == "minimize"
+    if (high < 0) if better_below else (low > 0):
+        return BETTER
+    if (low > 0) if better_below else (high < 0):
+        return WORSE
+    return SAME
 
 
 # --- several configurations against the one baseline ----------------------------------------------------------------
@@ -128,7 +152,7 @@ class SeedCount:
 
 
 @dataclass(frozen=True)
-class Comparison:
+class Comparison(Difference):
     """One configuration against the baseline within a family of comparisons.
 
     ``mean`` is mean(config) - mean(baseline) over the finite seeds (paired: the mean of the per-seed differences over
@@ -136,11 +160,6 @@ class Comparison:
     family-wise corrected p-value (None: too few seeds, or no seed noise at all, when the difference is exact).
     """
 
-    mean: float
-    ci_low: float | None
-    ci_high: float | None
-    p_value: float | None
-    verdict: str
     p_uncorrected: float | None
     relative: float | None  # mean / |the baseline's mean over the same seeds|; None if that mean is 0 or unknown
     n: int  # the configuration's finite seeds the test used (paired: the seeds matched with the baseline)
