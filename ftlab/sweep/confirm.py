@@ -55,15 +55,11 @@ PLAN_ATTR = "ftlab.confirm_plan"  # confirmation study: the trials and seeds las
 PARENT_RUN_NAME = "confirm"
 
 
-def confirm_study_name(sweep: SweepConfig) -> str:
-    return f"{sweep.name}-confirm"
-
-
 def confirm_config(sweep: SweepConfig) -> SweepConfig:
     """The sweep as its confirmation study runs it: its own study, full runs (nothing is pruned), same experiment."""
     return sweep.model_copy(
         update={
-            "name": confirm_study_name(sweep),
+            "name": f"{sweep.name}-confirm",
             "pruner": PrunerConfig(name="none"),
             "tracking": sweep.tracking.model_copy(update={"experiment": sweep.tracking.experiment or sweep.name}),
         }
@@ -241,13 +237,10 @@ class ConfirmedConfig:
     against: list[Comparison] | None  # per objective; None for the baseline itself
     seeds: SeedCount
 
-    def finite(self, objective: int = 0) -> list[float]:
-        return [values[objective] for values in self.results.values() if math.isfinite(values[objective])]
-
     @property
     def values(self) -> list[float]:
         """The first objective's finite seed results."""
-        return self.finite(0)
+        return [values[0] for values in self.results.values() if math.isfinite(values[0])]
 
     @property
     def summary(self) -> Summary:
@@ -299,14 +292,12 @@ class Confirmation:
         effect = "" if family.min_effect is None else f"; minimum effect {family.min_effect:.1%} of the baseline"
         return f"{family.method}; {family.family_size} configuration(s) tested against the baseline{effect}"
 
-    def split_of(self, objective: int = 0) -> str:
-        """Where the objective was measured: the holdout split for a holdout figure, else the validation split."""
-        return "holdout" if self.metrics[objective] in HOLDOUT_FIGURES.values() else "validation"
-
     def title(self, objective: int = 0) -> str:
+        # Where the objective was measured: the holdout split for a holdout figure, else the validation split.
+        split = "holdout" if self.metrics[objective] in HOLDOUT_FIGURES.values() else "validation"
         return (
             f"confirmation of {len(self.rows) - 1} configuration(s) over seeds {self.seeds} "
-            f"({self.metrics[objective]}, {self.directions[objective]}, {self.split_of(objective)} split)"
+            f"({self.metrics[objective]}, {self.directions[objective]}, {split} split)"
         )
 
     def sentence(self) -> str:
@@ -360,7 +351,7 @@ class Confirmation:
                     _number(summary.mean),
                     _interval(summary.ci_low, summary.ci_high),
                     _number(summary.spread),
-                    _signed(diff.mean if diff else None),
+                    _number(diff.mean if diff else None, "+"),
                     _interval(diff.ci_low, diff.ci_high, signed=True) if diff else "-",
                     "-" if diff is None or diff.relative is None else f"{diff.relative:+.2%}",
                     "-" if diff is None or diff.p_value is None else f"{diff.p_value:.3g}",
@@ -412,7 +403,7 @@ def _row_json(row: ConfirmedConfig, metrics: list[str]) -> dict[str, Any]:
         "params": row.candidate.params,
         "why": row.candidate.why,
         "seeds": asdict(row.seeds) | {"shortfall": row.seeds.shortfall},
-        "results": {str(seed): [_finite_or_none(value) for value in values] for seed, values in row.results.items()},
+        "results": {str(seed): values for seed, values in row.results.items()},  # NaN (diverged) made None below
         "values": row.values,
         "summary": asdict(row.summary),
         "against_baseline": None if row.against_baseline is None else asdict(row.against_baseline),
@@ -427,14 +418,11 @@ def _row_json(row: ConfirmedConfig, metrics: list[str]) -> dict[str, Any]:
     }
 
 
-def _finite_or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None  # JSON has no NaN
-
-
 def _plain(value: Any) -> Any:
-    """``value`` with every non-finite float as None: a configuration without a finite seed has a NaN mean."""
+    """``value`` with every non-finite float as None (JSON has no NaN): a diverged seed's result, the NaN mean of a
+    configuration without a finite seed."""
     if isinstance(value, float):
-        return _finite_or_none(value)
+        return value if math.isfinite(value) else None
     if isinstance(value, dict):
         return {key: _plain(item) for key, item in value.items()}
     if isinstance(value, list):
@@ -451,12 +439,8 @@ def _seed_cell(seeds: SeedCount) -> str:
     return cell
 
 
-def _number(value: float | None) -> str:
-    return "-" if value is None or math.isnan(value) else f"{value:.4f}"
-
-
-def _signed(value: float | None) -> str:
-    return "-" if value is None or math.isnan(value) else f"{value:+.4f}"
+def _number(value: float | None, sign: str = "") -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:{sign}.4f}"
 
 
 def _interval(low: float | None, high: float | None, signed: bool = False) -> str:

@@ -11,6 +11,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,51 +41,33 @@ def gpus_of_worker(worker: int, per_trial: int, gpus: list[str]) -> str:
     return ",".join(gpus[(first + index) % len(gpus)] for index in range(per_trial))
 
 
+@dataclass(eq=False, kw_only=True)
 class TrialLauncher:
     """Runs the trials this machine's workers were given, one per :meth:`launch` call, and keeps track of those
-    running now (for the view, and for passing a signal on to their processes)."""
+    running now (for the view, and for passing a signal on to their processes).
 
-    def __init__(
-        self,
-        *,
-        sweep: SweepConfig,
-        sweep_file: Path,
-        storage_url: str,
-        tracking_uri: str,
-        study: optuna.Study,
-        baseline_config: TrainConfig,
-        baseline_point: dict[str, Any],
-        workers: int,
-        context: multiprocessing.context.BaseContext,
-        best_lock: StudyLock,
-        stop_event: threading.Event,
-    ) -> None:
-        """Only stores what it is given: :meth:`ftlab.sweep.scheduler.Scheduler.open` opens the study and the rest.
+    Built by :meth:`ftlab.sweep.scheduler.Scheduler.open`, which opens the study and the rest.
+    """
 
-        ``stop_event`` is the scheduler's: a launcher sets it when no trial should start any more (this machine's
-        disk is full, or the grid is used up).
-        """
-        self.sweep = sweep
-        self.sweep_file = sweep_file
-        self.storage_url = storage_url
-        self.tracking_uri = tracking_uri
-        self.study = study
-        self.baseline_config = baseline_config
-        self.baseline_point = baseline_point
-        self.workers = workers
-        self.experiment = experiment_name(sweep)
-        self.best_lock = best_lock
-        self.stop_event = stop_event
-        self.parent_run_id = ""  # set by the scheduler once the sweep's parent run is started
-        # What the parent run shows after each COMPLETE trial (the scheduler's ParentRun.show); the best by default.
-        self.show_parent: Callable[[optuna.Study, str, str], None] = lambda study, uri, run_id: runs.show_best(
-            study, sweep, uri, run_id
-        )
-        self.machine_fault: str | None = None
-        self.running: dict[int, RunningTrial] = {}
-        self._context = context
-        self._lock = threading.Lock()
-        self._processes: set[TrialProcess] = set()
+    sweep: SweepConfig
+    sweep_file: Path
+    storage_url: str
+    tracking_uri: str
+    study: optuna.Study
+    baseline_config: TrainConfig
+    baseline_point: dict[str, Any]
+    workers: int
+    context: multiprocessing.context.BaseContext
+    best_lock: StudyLock
+    # What the parent run shows after each COMPLETE trial (the scheduler's ParentRun.show).
+    show_parent: Callable[[optuna.Study, str, str], None]
+    # Set when no trial should start any more (this machine's disk is full, or the grid is used up); the scheduler's.
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    parent_run_id: str = ""  # set by the scheduler once the sweep's parent run is started
+    machine_fault: str | None = None
+    running: dict[int, RunningTrial] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    _processes: set[TrialProcess] = field(default_factory=set, init=False)
 
     def signal_all(self, signum: signal.Signals) -> None:
         """Pass ``signum`` on to every trial process running now."""
@@ -110,7 +93,7 @@ class TrialLauncher:
         except OSError as error:  # its folder cannot be made (read-only since the sweep started, a file in the way)
             self._cannot_start(trial_id, trial.number, run, error)
             return
-        process = TrialProcess(self._context, job, lambda: self._beat(trial_id), self.sweep.storage.heartbeat_interval)
+        process = TrialProcess(self.context, job, lambda: self._beat(trial_id), self.sweep.storage.heartbeat_interval)
         label = runs.trial_label(trial, is_baseline)
         with self._lock:
             self.running[trial.number] = RunningTrial(
@@ -125,7 +108,7 @@ class TrialLauncher:
                 # SIGKILL comes from outside (the OOM killer, a scheduler, a dying node): retried, resuming from the
                 # last complete checkpoint, unless these settings keep dying. A segfault would just happen again.
                 if exitcode == -signal.SIGKILL:
-                    record = lost_record(retry_on_connection_loss(lambda: self._frozen(trial_id)), reason)
+                    record = lost_record(compat.storage_of(self.study).get_trial(trial_id), reason)
                 else:
                     record = TrialRecord("FAIL", reason)
                 run.end("KILLED" if record.retry else "FAILED", reason=record.reason)
@@ -171,9 +154,6 @@ class TrialLauncher:
         trial.set_user_attr(TRIAL_DIR_ATTR, str(trial_dir.absolute()))
         return trial, overrides, is_baseline, retried_trial_number(self.study, trial_id)
 
-    def _frozen(self, trial_id: int) -> optuna.trial.FrozenTrial:
-        return compat.storage_of(self.study).get_trial(trial_id)
-
     def _cuda_devices_for(self, worker: int) -> str | None:
         """``nproc_per_node`` GPUs per worker (one by default) when there are several workers, by
         CUDA_VISIBLE_DEVICES: worker w of K gets GPUs w×G … w×G+G−1. CPU workers share the CPU."""
@@ -196,7 +176,7 @@ class TrialLauncher:
         resume_from = None
         if retry_of is not None:
             # The latest checkpoint of the series: a retry killed before its first one resumes from an earlier one.
-            series = retry_on_connection_loss(lambda: retry_series(self.study, compat.trial_id_of(trial)))
+            series = retry_series(self.study, compat.trial_id_of(trial))
             checkpoints = [
                 paths.trial_dir(self.baseline_config.output_dir, self.sweep.name, number) / paths.CHECKPOINT_FILE
                 for number in reversed(series)
@@ -224,7 +204,7 @@ class TrialLauncher:
         paused past the grace period), with the run ended KILLED: no run is left RUNNING without a trial."""
         run = TrackedRun.start(
             self.tracking_uri,
-            self.experiment,
+            experiment_name(self.sweep),
             run_name=runs.trial_run_name(trial, is_baseline),
             parent_run_id=self.parent_run_id,
             tags=tags,

@@ -14,7 +14,7 @@ from rich.console import Console
 from ftlab import paths
 from ftlab.config import SweepConfig, check_budget_options
 from ftlab.demo import load_sweep_with_assets
-from ftlab.errors import Problem, UserError
+from ftlab.errors import UserError
 from ftlab.folders import refused_write
 from ftlab.record import PARENT_RUN_ATTR, REPORTED_ATTR
 from ftlab.settings import resolve_train_config
@@ -218,8 +218,12 @@ def run_confirm(
     sweep = load_sweep_with_assets(sweep_file)
     baseline_config = resolve_train_config(sweep, sweep_file.parent, source=str(sweep_file))
     plan: list[Candidate] = configurations or []
-    # The sweep's study ranked the configurations; a given plan, or a worker joining one, can do without it.
-    sweep_study = _sweep_study_for(sweep_file, options.storage_url, needed=not plan and not join_only)
+    try:
+        sweep_study: optuna.Study | None = open_sweep_study(sweep_file, options.storage_url)[1]
+    except UserError:
+        if not plan and not join_only:
+            raise
+        sweep_study = None  # it ranked the configurations; a given plan, or a worker joining one, can do without it
 
     def check_data(fingerprint: str | None) -> None:
         # Confirming the sweep's configurations under another sweep file, model or data would not say whether the
@@ -261,16 +265,6 @@ def run_confirm(
     return confirmation(outcome.study, metrics)
 
 
-def _sweep_study_for(sweep_file: Path, storage_url: str | None, *, needed: bool) -> optuna.Study | None:
-    """The sweep's study, which ranked what is confirmed; None where it is not ``needed`` (a plan given) and missing."""
-    try:
-        return open_sweep_study(sweep_file, storage_url)[1]
-    except UserError:
-        if needed:
-            raise
-        return None
-
-
 def _check_confirm_options(top: int, seeds: int, min_effect: float | None) -> None:
     for name, value, least in (("--top", top, 1), ("--seeds", seeds, 1)):
         if value < least:
@@ -306,9 +300,9 @@ def _verdict_so_far(study: optuna.Study, metrics: list[str]) -> str:
 def check_before_trials(
     sweep: SweepConfig, sweep_file: Path, storage_override: str | None, tracking_override: str | None
 ) -> str | None:
-    """Prove the sweep can start (:mod:`.preflight`): the services here, the rest in a process from the trials'
-    fork server, which has transformers imported already and prepares (and caches) the data for the trials.
-    Returns the prepared data's fingerprint, which the study remembers (:mod:`ftlab.sweep.identity`).
+    """Prove the sweep can start (:mod:`.preflight`): the services here, the rest (model, data, settings) in a process
+    from the trials' fork server, which has transformers imported already and prepares (and caches) the data for the
+    trials. Returns the prepared data's fingerprint, which the study remembers (:mod:`ftlab.sweep.identity`).
 
     Raises:
         UserError: every problem found.
@@ -318,9 +312,19 @@ def check_before_trials(
     storage, uri = storage_url_for(sweep, storage_override), tracking_uri_for(sweep, tracking_override)
     with ProcessPoolExecutor(max_workers=1, mp_context=trial_process_context()) as pool:
         try:
-            problems, data_fingerprint = _check_here_and_there(
-                pool, sweep, sweep_file, storage, uri, storage_where, tracking_where
+            checked = pool.submit(
+                call_in_context, WorkerContext(), preflight.trial_check, sweep, sweep_file.parent, str(sweep_file)
             )
+            problems = preflight.service_problems(storage, uri, storage_where, tracking_where)
+            trial_side, data_fingerprint = checked.result()
+            problems += trial_side
+            if not problems:
+                # Only once everything is sound (a sweep that cannot start makes nothing, not even empty stores): the
+                # stores' tables (1-2 s on new SQLite files, nothing once they exist). Under the study lock, as
+                # workers starting together would race to create the same tables.
+                retry_on_connection_loss(
+                    lambda: _create_store_tables(sweep, storage, uri), also=is_concurrent_schema_creation
+                )
         except KeyboardInterrupt:
             # The check process ignores Ctrl-C (as its fork server does): stop it rather than wait for the data.
             for process in list(getattr(pool, "_processes", {}).values()):
@@ -328,31 +332,6 @@ def check_before_trials(
             raise
     preflight.raise_problems(problems)
     return data_fingerprint
-
-
-def _check_here_and_there(
-    pool: ProcessPoolExecutor,
-    sweep: SweepConfig,
-    sweep_file: Path,
-    storage: str,
-    uri: str,
-    storage_where: str,
-    tracking_where: str,
-) -> tuple[list[Problem], str | None]:
-    """The problems found here (the services) and in a process from the fork server (model, data, settings), and the
-    prepared data's fingerprint."""
-    checked = pool.submit(
-        call_in_context, WorkerContext(), preflight.trial_check, sweep, sweep_file.parent, str(sweep_file)
-    )
-    problems = preflight.service_problems(storage, uri, storage_where, tracking_where)
-    trial_side, data_fingerprint = checked.result()
-    problems += trial_side
-    if not problems:
-        # Only once everything is sound (a sweep that cannot start makes nothing, not even empty stores): the stores'
-        # tables (1-2 s on new SQLite files, nothing once they exist). Under the study lock, as workers starting
-        # together would race to create the same tables.
-        retry_on_connection_loss(lambda: _create_store_tables(sweep, storage, uri), also=is_concurrent_schema_creation)
-    return problems, data_fingerprint
 
 
 def _create_store_tables(sweep: SweepConfig, storage: str, tracking_uri: str) -> None:

@@ -22,23 +22,17 @@ FIDELITY_AXIS = "tokens seen (fidelity point)"
 
 
 def _plots(study: optuna.Study) -> dict[str, tuple[PlotFn, PlotFn, dict[str, Any]]]:
-    """name → (plotly function, matplotlib function, kwargs); Optuna's own visualisations."""
+    """name → (plotly function, matplotlib function, kwargs); Optuna's own visualisations, ``plot_<name>``."""
     from optuna import visualization as vis
     from optuna.visualization import matplotlib as mpl
 
     kwargs: dict[str, Any] = {}
     if len(study.directions) > 1:
         kwargs = {"target": lambda trial: trial.values[0], "target_name": "objective 0"}
-    plots = {
-        "optimization_history": (vis.plot_optimization_history, mpl.plot_optimization_history, kwargs),
-        "param_importances": (vis.plot_param_importances, mpl.plot_param_importances, kwargs),
-        "parallel_coordinate": (vis.plot_parallel_coordinate, mpl.plot_parallel_coordinate, kwargs),
-        "slice": (vis.plot_slice, mpl.plot_slice, kwargs),
-    }
-    if len(study.directions) == 1:
-        plots["intermediate_values"] = (vis.plot_intermediate_values, mpl.plot_intermediate_values, {})
-    else:
-        plots["pareto_front"] = (vis.plot_pareto_front, mpl.plot_pareto_front, {})
+    names = ["optimization_history", "param_importances", "parallel_coordinate", "slice"]
+    plots = {name: (getattr(vis, f"plot_{name}"), getattr(mpl, f"plot_{name}"), kwargs) for name in names}
+    last = "intermediate_values" if len(study.directions) == 1 else "pareto_front"
+    plots[last] = (getattr(vis, f"plot_{last}"), getattr(mpl, f"plot_{last}"), {})
     return plots
 
 

@@ -11,7 +11,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import optuna
 
@@ -40,16 +39,12 @@ class ParentRun:
 
 def sweep_parent_run(sweep: SweepConfig, sweep_file: Path, storage_url: str) -> ParentRun:
     """The sweep's own parent run: ``<sweep>-sweep``, tagged role sweep, showing the best trial so far."""
+    # Not the bare sweep name: that is the experiment's name too, and the parent's row would read as the experiment.
     return ParentRun(
-        name=parent_run_name(sweep),
+        name=f"{sweep.name}-sweep",
         tags=lambda study: parent_run_tags(sweep, sweep_file, storage_url),
         show=lambda study, uri, run_id: show_best(study, sweep, uri, run_id),
     )
-
-
-def parent_run_name(sweep: SweepConfig) -> str:
-    # Not the bare sweep name: that is the experiment's name too, and the parent's row would read as the experiment.
-    return f"{sweep.name}-sweep"
 
 
 def parent_run_tags(sweep: SweepConfig, sweep_file: Path, storage_url: str) -> dict[str, str]:
@@ -77,10 +72,6 @@ def parent_run_params(sweep: SweepConfig, budget: Budget | None = None) -> dict[
     return params
 
 
-def _settings(params: dict[str, Any]) -> str:
-    return ", ".join(f"{key}={param_value(value)}" for key, value in params.items())
-
-
 def trial_run_name(trial: optuna.Trial, baseline: bool) -> str:
     return trial.user_attrs.get(RUN_NAME_ATTR) or f"trial-{trial.number:03d}" + ("-baseline" if baseline else "")
 
@@ -100,6 +91,7 @@ def trial_run_tags(
 ) -> dict[str, str]:
     what = "the baseline" if baseline else "a trial"
     retry = f", retrying trial {retry_of}" if retry_of is not None else ""
+    settings = ", ".join(f"{key}={param_value(value)}" for key, value in trial.params.items())
     return {
         "optuna.trial.number": str(trial.number),
         "optuna.study_name": sweep.name,
@@ -107,7 +99,7 @@ def trial_run_tags(
         "ftlab.baseline": str(baseline).lower(),
         **({"ftlab.retry_of_trial": str(retry_of)} if retry_of is not None else {}),
         SOURCE_TAG: shell_command("ftlab", "sweep", sweep_file),
-        DESCRIPTION_TAG: f"Trial {trial.number}, {what} of sweep {sweep.name}{retry}: {_settings(trial.params)}",
+        DESCRIPTION_TAG: f"Trial {trial.number}, {what} of sweep {sweep.name}{retry}: {settings}",
         **trial.user_attrs.get(RUN_TAGS_ATTR, {}),
     }
 

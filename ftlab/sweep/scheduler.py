@@ -13,6 +13,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from ftlab.sweep.forkserver import trial_process_context
 from ftlab.sweep.launcher import TrialLauncher
 from ftlab.sweep.reaper import reap, reap_due, stale_trial_callback
 from ftlab.sweep.space import baseline_point
-from ftlab.tracking import end_run, start_or_resume_parent_run
+from ftlab.tracking import end_run, experiment_name, start_or_resume_parent_run
 
 _POLL_S = 0.5
 # A worker with nothing to start looks again after 0.5 s, then 1 s, then every 2 s (each with jitter, so that many
@@ -39,35 +40,26 @@ _POLL_S = 0.5
 _IDLE_MAX_S = 2.0
 
 
+@dataclass(eq=False, kw_only=True)
 class Scheduler:
-    """Runs one sweep from this machine with ``workers`` trials at a time: decides when each trial starts."""
+    """Runs one sweep from this machine with ``workers`` trials at a time: decides when each trial starts.
 
-    def __init__(
-        self,
-        *,
-        study: optuna.Study,
-        study_lock: StudyLock,
-        launcher: TrialLauncher,
-        baseline_point: dict[str, Any],
-        finished_at_start: set[int],
-        parent: runs.ParentRun,
-    ) -> None:
-        """Only stores what it is given; :meth:`open` opens the study and builds the rest."""
-        self.study = study
-        self.study_lock = study_lock
-        self.launcher = launcher
-        self.baseline_point = baseline_point
-        # The failure budget counts what happens from now on: a sweep run again after a fix gets a fresh start.
-        self._finished_at_start = finished_at_start
-        self.parent = parent
-        launcher.show_parent = parent.show
-        self.failure: str | None = None
-        self.preempted = False
-        self.parent_run_id = ""
-        self.stop_event = launcher.stop_event
-        self._lock = threading.Lock()
-        self._worker_errors: list[BaseException] = []
-        self._trial_ended = threading.Condition()
+    Built by :meth:`open`, which opens the study and builds the rest.
+    """
+
+    study: optuna.Study
+    study_lock: StudyLock
+    launcher: TrialLauncher
+    baseline_point: dict[str, Any]
+    # The failure budget counts what happens from now on: a sweep run again after a fix gets a fresh start.
+    finished_at_start: set[int]
+    parent: runs.ParentRun
+    failure: str | None = None
+    preempted: bool = False
+    parent_run_id: str = ""
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    _worker_errors: list[BaseException] = field(default_factory=list, init=False)
+    _trial_ended: threading.Condition = field(default_factory=threading.Condition, init=False)
 
     @classmethod
     def open(
@@ -105,6 +97,7 @@ class Scheduler:
                 return study
 
         study: optuna.Study = retry_on_connection_loss(open_study, also=is_concurrent_schema_creation)
+        parent = parent or runs.sweep_parent_run(sweep, sweep_file, storage_url)
         launcher = TrialLauncher(
             sweep=sweep,
             sweep_file=sweep_file,
@@ -116,7 +109,7 @@ class Scheduler:
             workers=workers,
             context=context,
             best_lock=StudyLock(storage_url, sweep.name, purpose="best"),
-            stop_event=threading.Event(),
+            show_parent=parent.show,
         )
         return cls(
             study=study,
@@ -124,16 +117,12 @@ class Scheduler:
             launcher=launcher,
             baseline_point=point,
             finished_at_start={trial.number for trial in study.trials if trial.state.is_finished()},
-            parent=parent or runs.sweep_parent_run(sweep, sweep_file, storage_url),
+            parent=parent,
         )
 
     @property
     def sweep(self) -> SweepConfig:
         return self.launcher.sweep
-
-    @property
-    def workers(self) -> int:
-        return self.launcher.workers
 
     @property
     def running(self) -> dict[int, RunningTrial]:
@@ -157,7 +146,7 @@ class Scheduler:
             with self.study_lock.held():
                 run_id = start_or_resume_parent_run(
                     launcher.tracking_uri,
-                    launcher.experiment,
+                    experiment_name(self.sweep),
                     run_name=self.parent.name,
                     existing_run_id=self.study.user_attrs.get(PARENT_RUN_ATTR),
                     tags=self.parent.tags(self.study),
@@ -191,8 +180,8 @@ class Scheduler:
             retry_on_connection_loss(enqueue)
         self.start_parent_run(budget)
         deadline = time.monotonic() + timeout if timeout else None
-        finished = [threading.Event() for _ in range(self.workers)]
-        for index in range(self.workers):
+        finished = [threading.Event() for _ in range(self.launcher.workers)]
+        for index in range(self.launcher.workers):
             threading.Thread(
                 target=self._worker,
                 args=(index, budget, deadline, finished[index], on_event or (lambda event: None)),
@@ -231,7 +220,7 @@ class Scheduler:
         self._stop_trials(signal.SIGTERM)
 
     def _stop_trials(self, signum: signal.Signals) -> None:
-        self.stop_event.set()
+        self.launcher.stop_event.set()
         self.launcher.signal_all(signum)
 
     # --- one worker --------------------------------------------------------------------------------------------------
@@ -246,7 +235,7 @@ class Scheduler:
     ) -> None:
         idle_s = _POLL_S
         try:
-            while not self.stop_event.is_set() and (deadline is None or time.monotonic() < deadline):
+            while not self.launcher.stop_event.is_set() and (deadline is None or time.monotonic() < deadline):
                 with self._lock:
                     decision, trial_id = retry_on_connection_loss(lambda: self._next_trial(budget))
                 if decision is Decision.DONE:
@@ -265,7 +254,7 @@ class Scheduler:
         except BaseException as error:
             # Stop the other workers too and let run() raise it: a sweep whose worker died must not exit 0.
             self._worker_errors.append(error)
-            self.stop_event.set()
+            self.launcher.stop_event.set()
         finally:
             finished.set()
 
@@ -298,13 +287,13 @@ class Scheduler:
         decision = decide([trial.state for trial in trials], budget, studies.grid_exhausted(self.study), waiting)
         if decision is not Decision.DONE and (reason := self._failing(trials)) is not None:
             self.failure = reason
-            self.stop_event.set()
+            self.launcher.stop_event.set()
             return Decision.DONE
         return decision
 
     def _failing(self, trials: list[optuna.trial.FrozenTrial]) -> str | None:
         """Why the trials since this worker started keep failing, if they do (every worker of the study sees it)."""
-        finished = [t for t in trials if t.state.is_finished() and t.number not in self._finished_at_start]
+        finished = [t for t in trials if t.state.is_finished() and t.number not in self.finished_at_start]
         finished.sort(key=lambda trial: trial.datetime_complete or trial.datetime_start or datetime.min)
         records = [TrialRecord.from_trial(trial) for trial in finished]
         return failing(records, self.sweep.budget.max_failures_in_a_row)

@@ -20,20 +20,16 @@ def _suggest(trial: optuna.Trial, name: str, spec: ParamSpec, baseline: TrainCon
         # The baseline trial is enqueued with the baseline's values; one outside the range makes Optuna warn about
         # its "fixed parameter" in every trial process. `ftlab validate` says so once, in ftlab's words.
         warnings.filterwarnings("ignore", message="Fixed parameter", category=UserWarning)
-        return _suggest_one(trial, name, spec, baseline)
-
-
-def _suggest_one(trial: optuna.Trial, name: str, spec: ParamSpec, baseline: TrainConfig) -> Any:
-    if isinstance(spec, FactorParam):
-        center = float(getattr(baseline, name))
-        low, high = spec.factor
-        return trial.suggest_float(name, center * low, center * high, log=True)
-    if isinstance(spec, FloatParam):
-        return trial.suggest_float(name, spec.low, spec.high, log=spec.log, step=spec.step)
-    if isinstance(spec, IntParam):
-        return trial.suggest_int(name, spec.low, spec.high, log=spec.log, step=spec.step)
-    assert isinstance(spec, CategoricalParam)
-    return trial.suggest_categorical(name, spec.choices)
+        if isinstance(spec, FactorParam):
+            center = float(getattr(baseline, name))
+            low, high = spec.factor
+            return trial.suggest_float(name, center * low, center * high, log=True)
+        if isinstance(spec, FloatParam):
+            return trial.suggest_float(name, spec.low, spec.high, log=spec.log, step=spec.step)
+        if isinstance(spec, IntParam):
+            return trial.suggest_int(name, spec.low, spec.high, log=spec.log, step=spec.step)
+        assert isinstance(spec, CategoricalParam)
+        return trial.suggest_categorical(name, spec.choices)
 
 
 def sample_overrides(trial: optuna.Trial, sweep: SweepConfig, baseline: TrainConfig) -> dict[str, Any]:
@@ -69,7 +65,7 @@ def baseline_point(sweep: SweepConfig, baseline: TrainConfig, source: str = "<sw
     """
     point: dict[str, Any] = {}
     for name, spec in sweep.search.items():
-        value = baseline.total_train_batch_size if name == "total_train_batch_size" else getattr(baseline, name)
+        value = getattr(baseline, name)  # total_train_batch_size too: the baseline's effective batch
         if isinstance(spec, CategoricalParam) and value not in spec.choices:
             raise ConfigError.single(
                 f"the baseline's value for `{name}` is not among the choices, so the baseline cannot be trial 0",
@@ -85,8 +81,10 @@ def baseline_outside_ranges(sweep: SweepConfig, baseline: TrainConfig, source: s
     """A warning for each searched key whose baseline value lies outside its own range: trial 0 still runs the
     baseline, but no other trial comes near it (a factor range always holds its baseline)."""
     found = []
-    for name, spec in baseline_ranges(sweep):
-        value = baseline.total_train_batch_size if name == "total_train_batch_size" else getattr(baseline, name)
+    for name, spec in sweep.search.items():
+        if not isinstance(spec, FloatParam | IntParam):
+            continue  # no low-high range
+        value = getattr(baseline, name)  # total_train_batch_size too: the baseline's effective batch
         if not spec.low <= value <= spec.high:
             found.append(
                 f"{source}:search.{name}: the baseline's value {value:g} is outside the search range "
@@ -96,23 +94,14 @@ def baseline_outside_ranges(sweep: SweepConfig, baseline: TrainConfig, source: s
     return found
 
 
-def baseline_ranges(sweep: SweepConfig) -> list[tuple[str, FloatParam | IntParam]]:
-    """The searched keys with a low-high range."""
-    return [(name, spec) for name, spec in sweep.search.items() if isinstance(spec, FloatParam | IntParam)]
-
-
 def same_point(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Whether two sampled points are the same trial (floats compared with a relative tolerance)."""
-    if a.keys() != b.keys():
-        return False
-    for key, value in a.items():
-        other = b[key]
-        if isinstance(value, float) and isinstance(other, float):
-            if not math.isclose(value, other, rel_tol=1e-9):
-                return False
-        elif value != other:
-            return False
-    return True
+    return a.keys() == b.keys() and all(
+        math.isclose(value, b[key], rel_tol=1e-9)
+        if isinstance(value, float) and isinstance(b[key], float)
+        else value == b[key]
+        for key, value in a.items()
+    )
 
 
 def _extremes(name: str, spec: ParamSpec, baseline: TrainConfig) -> list[tuple[str, Any]]:
