@@ -42,7 +42,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ftlab.console import quiet_libraries
-from ftlab.errors import UserError
+from ftlab.errors import UserError, redact_url
 from ftlab.hints import shell_command
 from ftlab.interrupt import as_interrupt, raise_interrupt
 
@@ -75,6 +75,12 @@ app.add_typer(launch_app, name="launch")
 # `[...]` is text (gloo's "[/path/pair.cc:553]"); the few styled lines pass markup=True and escape what they quote.
 console = Console(width=None if sys.stdout.isatty() else 160, markup=False)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160, markup=False)
+
+
+def _print_error(message: str) -> None:
+    """An ``error:`` line on stderr; ``message`` is text (values, paths, other programs' errors), not rich markup."""
+    err_console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True, markup=True)
+
 
 SweepFile = Annotated[Path, typer.Argument(help="A sweep file (YAML), e.g. sweeps/demo.yaml.")]
 TrackingUri = Annotated[
@@ -207,7 +213,6 @@ def train_command(
     """Run one trial: the sweep file's baseline configuration (plus any --set), tracked as one MLflow run."""
     quiet_libraries()
     from ftlab.demo import load_sweep_with_assets
-    from ftlab.errors import redact_url
     from ftlab.settings import parse_set_options, resolve_train_config
     from ftlab.sweep import preflight
     from ftlab.tracking import TrackedRun, experiment_name, tracking_uri_for
@@ -236,13 +241,9 @@ def train_command(
             record = run_trial(sweep, train_config, run, trial_dir, sweep_dir=file.parent)
     except NonFiniteLossError as error:
         # The settings' failure, not a wrong input: exit 1 as a failing sweep does (2 is for files and values).
-        err_console.print(
-            f"[bold red]error:[/bold red] training diverged: {escape(str(error))}. "
-            f"Its MLflow run {run.run_id} is FAILED; "
-            "lower learning_rate (or raise warmup, lower max_grad_norm) and train again.",
-            highlight=False,
-            soft_wrap=True,
-            markup=True,
+        _print_error(
+            f"training diverged: {error}. Its MLflow run {run.run_id} is FAILED; "
+            "lower learning_rate (or raise warmup, lower max_grad_norm) and train again."
         )
         raise typer.Exit(1) from None
     assert record.eval_loss is not None and record.tokens_seen is not None and record.seconds
@@ -283,14 +284,6 @@ StorageUrl = Annotated[
 ]
 
 
-def _shown(url: str) -> str:
-    """A URL for a hint to copy: as given, unless it holds a password (then redacted: put it back, or export
-    FTLAB_STORAGE / use ~/.pgpass)."""
-    from ftlab.errors import redact_url
-
-    return redact_url(url)
-
-
 AcceptChanges = Annotated[
     bool,
     typer.Option(
@@ -308,26 +301,19 @@ def stops_cleanly() -> Iterator[None]:
     """
     from ftlab.sweep.events import MachineFaultError, PreemptedError, SweepFailingError
 
-    def stopped(what: str, error: Exception, then: str) -> typer.Exit:
-        err_console.print(
-            f"[bold red]error:[/bold red] {what}: {escape(str(error))}. {then}",
-            highlight=False,
-            soft_wrap=True,
-            markup=True,
-        )
-        return typer.Exit(1)
-
     try:
         yield
     except SweepFailingError as error:
-        then = "Finished trials are stored; fix the cause and run the same command again."
-        raise stopped("the sweep stopped", error, then) from None
-    except MachineFaultError as error:
-        then = (
-            "That trial is queued for a retry (other workers of the study take it); make room and run the same "
-            "command again."
+        _print_error(
+            f"the sweep stopped: {error}. Finished trials are stored; fix the cause and run the same command again."
         )
-        raise stopped("this machine cannot run trials", error, then) from None
+        raise typer.Exit(1) from None
+    except MachineFaultError as error:
+        _print_error(
+            f"this machine cannot run trials: {error}. That trial is queued for a retry (other workers of the study "
+            "take it); make room and run the same command again."
+        )
+        raise typer.Exit(1) from None
     except PreemptedError:
         err_console.print("stopped by SIGTERM: the interrupted trials saved a checkpoint and will be retried")
         raise typer.Exit(143) from None
@@ -386,9 +372,10 @@ def sweep(
         outcome = run_sweep(file, options)
     console.print(outcome.comparison.sentence() if outcome.comparison else "no trial completed", highlight=False)
     console.print(f"report: {outcome.report_dir} (also logged to MLflow run {outcome.parent_run_id})")
-    # Hints that work as printed: with the storage and tracking store this sweep used.
-    options = (["--storage", _shown(storage)] if storage else []) + (
-        ["--tracking-uri", _shown(tracking_uri)] if tracking_uri else []
+    # Hints that work as printed: with the storage and tracking store this sweep used. A URL that holds a password
+    # is redacted: put it back, or export FTLAB_STORAGE / use ~/.pgpass.
+    options = (["--storage", redact_url(storage)] if storage else []) + (
+        ["--tracking-uri", redact_url(tracking_uri)] if tracking_uri else []
     )
     status_hint = shell_command("ftlab", "status", file, *options)
     console.print(f"status: {status_hint}", highlight=False, soft_wrap=True, markup=False)
@@ -499,9 +486,11 @@ def launch_slurm_command(
         print(script, end="")
         err_console.print(f"# submit with: {' '.join(sbatch_command(launch, Path('SCRIPT')))}", highlight=False)
         return
-    # The watch hint repeats a flag only where the environment would not give it again.
-    options = (f" --storage {_shown(storage)}" if storage and not os.environ.get("FTLAB_STORAGE") else "") + (
-        f" --tracking-uri {_shown(tracking_uri)}" if tracking_uri and not os.environ.get("FTLAB_TRACKING_URI") else ""
+    # The watch hint repeats a flag only where the environment would not give it again (a password redacted).
+    options = (f" --storage {redact_url(storage)}" if storage and not os.environ.get("FTLAB_STORAGE") else "") + (
+        f" --tracking-uri {redact_url(tracking_uri)}"
+        if tracking_uri and not os.environ.get("FTLAB_TRACKING_URI")
+        else ""
     )
     gpus = f"{gpus_per_worker} GPU(s)" if gpus_per_worker else "no GPU"
     for line in (
@@ -765,7 +754,6 @@ def ui(
     """Start the MLflow UI on the sweep's store (localhost only) and say how to open optuna-dashboard on its study."""
     from ftlab import paths
     from ftlab.config import load_sweep
-    from ftlab.errors import redact_url
     from ftlab.storage import sqlite_file, storage_url_for
     from ftlab.tracking import experiment_name, runs_page, tracking_uri_for
 
@@ -889,30 +877,20 @@ def _run() -> None:
         app()
     except UserError as error:
         # User text (values, paths, YAML excerpts) is printed as it is: `[...]` in it is not rich markup.
-        err_console.print(
-            f"[bold red]error:[/bold red] {escape(str(error))}", highlight=False, soft_wrap=True, markup=True
-        )
+        _print_error(str(error))
         sys.exit(2)
     except Exception as error:
-        from ftlab.errors import redact_url
         from ftlab.storage import RECONNECT_TIMEOUT_S, is_connection_loss
 
         if (refused := _refused_write(error)) is not None:
-            err_console.print(
-                f"[bold red]error:[/bold red] {escape(refused)}", highlight=False, soft_wrap=True, markup=True
-            )
+            _print_error(refused)
             sys.exit(2)
         if not is_connection_loss(error):
             raise
         cause = str(error.__cause__ or error).strip().splitlines()[0]
-        err_console.print(
-            f"[bold red]error:[/bold red] lost the database connection (retried for up to "
-            f"{RECONNECT_TIMEOUT_S:.0f} s): {escape(redact_url(cause))}. "
-            "Finished trials are stored; run the same command "
-            "again once the database is back to resume.",
-            highlight=False,
-            soft_wrap=True,
-            markup=True,
+        _print_error(
+            f"lost the database connection (retried for up to {RECONNECT_TIMEOUT_S:.0f} s): {redact_url(cause)}. "
+            "Finished trials are stored; run the same command again once the database is back to resume."
         )
         sys.exit(1)
 
