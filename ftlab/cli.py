@@ -58,6 +58,7 @@ class CorrectionChoice(StrEnum):
 if TYPE_CHECKING:
     from ftlab.launch.slurm_tasks import JobStatus
     from ftlab.sweep.confirm import Confirmation
+    from ftlab.sweep.options import SweepOptions
 
 app = typer.Typer(
     help="Hyperparameter sweeps for causal-LM fine-tuning around a documented baseline, tracked in MLflow.",
@@ -325,18 +326,36 @@ def stops_cleanly() -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
-def check_budget_options(n_trials: int | None, timeout: float | None) -> None:
-    """``--n-trials`` and ``--timeout`` checked before the trial server starts: a refusal must not wait for it."""
-    from ftlab.config import check_budget_options as check
+def _trial_options(
+    n_trials: int | None,
+    timeout: float | None,
+    workers: int,
+    storage: str | None,
+    tracking_uri: str | None,
+    **more: Any,
+) -> SweepOptions:
+    """The options of a command that runs trials, with the trial processes' fork server started: ``--n-trials`` and
+    ``--timeout`` are checked first (a refusal must not wait for the server), and the server starts before the heavy
+    imports of the command, so that both run at once. ``more``: the other fields of :class:`SweepOptions`."""
+    if n_trials is not None or timeout is not None:
+        from ftlab.config import check_budget_options
 
-    check(n_trials, timeout)
-
-
-def start_trial_server() -> None:
-    """Start the trial processes' fork server before the heavy imports below, so that both run at once."""
+        check_budget_options(n_trials, timeout)
     from ftlab.sweep.forkserver import trial_process_context
 
     trial_process_context()
+    quiet_libraries()
+    from ftlab.sweep.options import SweepOptions
+
+    return SweepOptions(
+        n_trials=n_trials,
+        timeout=timeout,
+        workers=workers,
+        storage_url=storage,
+        tracking_uri=tracking_uri,
+        console=console,
+        **more,
+    )
 
 
 @app.command()
@@ -352,22 +371,10 @@ def sweep(
     accept_changes: AcceptChanges = False,
 ) -> None:
     """Run (or resume) an Optuna study around the baseline; every trial is a process and a nested MLflow run."""
-    check_budget_options(n_trials, timeout)
-    start_trial_server()
-    quiet_libraries()
-    from ftlab.sweep.options import SweepOptions
+    options = _trial_options(n_trials, timeout, workers, storage, tracking_uri, accept_changes=accept_changes)
     from ftlab.sweep.orchestrate import run_sweep
     from ftlab.tracking import runs_page
 
-    options = SweepOptions(
-        n_trials=n_trials,
-        timeout=timeout,
-        workers=workers,
-        storage_url=storage,
-        tracking_uri=tracking_uri,
-        console=console,
-        accept_changes=accept_changes,
-    )
     with stops_cleanly():
         outcome = run_sweep(file, options)
     console.print(outcome.comparison.sentence() if outcome.comparison else "no trial completed", highlight=False)
@@ -410,23 +417,12 @@ def worker(
     ] = False,
 ) -> None:
     """Join a shared study from any machine and run trials until its budget is spent."""
-    check_budget_options(n_trials, timeout)
-    start_trial_server()
-    quiet_libraries()
-    from ftlab.sweep.options import SweepOptions
+    salt = secrets.randbits(32)  # workers must not draw alike
+    options = _trial_options(
+        n_trials, timeout, workers, storage, tracking_uri, live=False, seed_salt=salt, accept_changes=accept_changes
+    )
     from ftlab.sweep.orchestrate import run_confirm, run_sweep
 
-    options = SweepOptions(
-        n_trials=n_trials,
-        timeout=timeout,
-        workers=workers,
-        storage_url=storage,
-        tracking_uri=tracking_uri,
-        console=console,
-        live=False,
-        seed_salt=secrets.randbits(32),  # workers must not draw alike
-        accept_changes=accept_changes,
-    )
     if confirm_runs:
         with stops_cleanly():
             found = run_confirm(file, options, join_only=True)
@@ -487,11 +483,11 @@ def launch_slurm_command(
         err_console.print(f"# submit with: {' '.join(sbatch_command(launch, Path('SCRIPT')))}", highlight=False)
         return
     # The watch hint repeats a flag only where the environment would not give it again (a password redacted).
-    options = (f" --storage {redact_url(storage)}" if storage and not os.environ.get("FTLAB_STORAGE") else "") + (
-        f" --tracking-uri {redact_url(tracking_uri)}"
-        if tracking_uri and not os.environ.get("FTLAB_TRACKING_URI")
-        else ""
-    )
+    options = ""
+    if storage and not os.environ.get("FTLAB_STORAGE"):
+        options += f" --storage {redact_url(storage)}"
+    if tracking_uri and not os.environ.get("FTLAB_TRACKING_URI"):
+        options += f" --tracking-uri {redact_url(tracking_uri)}"
     gpus = f"{gpus_per_worker} GPU(s)" if gpus_per_worker else "no GPU"
     for line in (
         f"submitted SLURM job {job.job_id}: {workers} worker tasks (array 0-{workers - 1}), each "
@@ -539,12 +535,9 @@ def confirm(
     """Train the baseline and the sweep's top configurations again with new seeds: is the winner's gain real or seed
     noise? Resumable: runs already done are not repeated; `ftlab worker --confirm` processes can help. Exits 1 when
     planned runs are still without a result."""
-    start_trial_server()
-    quiet_libraries()
-    from ftlab.sweep.options import SweepOptions
+    options = _trial_options(None, None, workers, storage, tracking_uri)
     from ftlab.sweep.orchestrate import run_confirm
 
-    options = SweepOptions(workers=workers, storage_url=storage, tracking_uri=tracking_uri, console=console)
     with stops_cleanly():
         found = run_confirm(
             file,
