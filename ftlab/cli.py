@@ -179,16 +179,13 @@ def baseline_from_card(
 ) -> None:
     """Read the training recipe and reported results out of a Trainer model card."""
     from ftlab.baselines import load_card
+    from ftlab.baselines.recipe_file import check_output, write_recipe
 
     baseline = load_card(card)
     if output is not None:  # refuse a file it must not overwrite before printing anything
-        from ftlab.baselines.recipe_file import check_output
-
         check_output(output, card)
     _print_baseline(baseline.as_json(), as_json)
     if output is not None:
-        from ftlab.baselines.recipe_file import write_recipe
-
         write_recipe(output, card, baseline)
         err_console.print(f"wrote {output}")
 
@@ -469,11 +466,12 @@ def launch_slurm_command(
     """Submit the sweep's workers to SLURM: one array task per worker, each an `ftlab worker` on the shared study.
     The URLs reach the tasks through the job's environment, never a command line."""
     quiet_libraries()
+    from ftlab.config import load_sweep
     from ftlab.launch.slurm import SlurmLaunch, default_ftlab_bin, launch_slurm, sbatch_command
 
     sweep_file = file.resolve()
     launch = SlurmLaunch(
-        sweep_file=sweep_file, sweep_name=_sweep_name(file), workers=workers, workdir=Path.cwd(),
+        sweep_file=sweep_file, sweep_name=load_sweep(file).name, workers=workers, workdir=Path.cwd(),
         gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker, partition=partition, time=time,
         n_trials=n_trials, ftlab_bin=default_ftlab_bin(), sbatch_args=tuple(sbatch_arg or ()),
     )  # fmt: skip
@@ -498,12 +496,6 @@ def launch_slurm_command(
         f"stop:   scancel {job.job_id}   (running trials checkpoint and are queued again)",
     ):
         console.print(line, highlight=False, soft_wrap=True)
-
-
-def _sweep_name(file: Path) -> str:
-    from ftlab.config import load_sweep
-
-    return load_sweep(file).name
 
 
 @app.command()
@@ -757,9 +749,10 @@ def ui(
         raise UserError.single(
             "no MLflow store here yet", where=str(database), fix="run a sweep first, or pass --tracking-uri"
         )
-    if not uri.startswith(("http://", "https://")):
+    served = uri.startswith(("http://", "https://"))  # a tracking server serves the UI itself
+    if not served:
         _check_port_free(port)
-    ui_address = uri if uri.startswith(("http://", "https://")) else f"http://127.0.0.1:{port}"
+    ui_address = f"http://127.0.0.1:{port}"  # where `mlflow ui` serves a local store
     if sweep_config is not None:
         from mlflow import MlflowClient
 
@@ -792,7 +785,7 @@ def ui(
             soft_wrap=True,
             markup=False,  # `[dashboard]` is text, not rich markup
         )
-    if uri.startswith(("http://", "https://")):
+    if served:
         console.print(f"The tracking server already serves the UI: {redact_url(uri)}", highlight=False)
         return
     console.print(f"MLflow UI on {ui_address} (Ctrl-C stops it)", highlight=False)
