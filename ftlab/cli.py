@@ -694,9 +694,8 @@ def best(
 
 def _print_best(winner: dict[str, Any]) -> None:
     table = Table(title=f"best trial #{winner['trial']}", show_header=True)
-    table.add_column("")
-    table.add_column("baseline")
-    table.add_column("best")
+    for column in ("", "baseline", "best"):
+        table.add_column(column)
     base = winner["baseline"] or {}
     table.add_row("trial", str(base.get("trial", "-")), str(winner["trial"]))
     for key, label in (("eval_loss", "eval/loss"), ("perplexity", "eval/perplexity")):
