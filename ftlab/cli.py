@@ -42,7 +42,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ftlab.console import quiet_libraries
-from ftlab.errors import UserError
+from ftlab.errors import UserError, redact_url
 from ftlab.hints import shell_command
 from ftlab.interrupt import as_interrupt, raise_interrupt
 
@@ -58,6 +58,7 @@ class CorrectionChoice(StrEnum):
 if TYPE_CHECKING:
     from ftlab.launch.slurm_tasks import JobStatus
     from ftlab.sweep.confirm import Confirmation
+    from ftlab.sweep.options import SweepOptions
 
 app = typer.Typer(
     help="Hyperparameter sweeps for causal-LM fine-tuning around a documented baseline, tracked in MLflow.",
@@ -75,6 +76,12 @@ app.add_typer(launch_app, name="launch")
 # `[...]` is text (gloo's "[/path/pair.cc:553]"); the few styled lines pass markup=True and escape what they quote.
 console = Console(width=None if sys.stdout.isatty() else 160, markup=False)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160, markup=False)
+
+
+def _print_error(message: str) -> None:
+    """An ``error:`` line on stderr; ``message`` is text (values, paths, other programs' errors), not rich markup."""
+    err_console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True, markup=True)
+
 
 SweepFile = Annotated[Path, typer.Argument(help="A sweep file (YAML), e.g. sweeps/demo.yaml.")]
 TrackingUri = Annotated[
@@ -172,16 +179,13 @@ def baseline_from_card(
 ) -> None:
     """Read the training recipe and reported results out of a Trainer model card."""
     from ftlab.baselines import load_card
+    from ftlab.baselines.recipe_file import check_output, write_recipe
 
     baseline = load_card(card)
     if output is not None:  # refuse a file it must not overwrite before printing anything
-        from ftlab.baselines.recipe_file import check_output
-
         check_output(output, card)
     _print_baseline(baseline.as_json(), as_json)
     if output is not None:
-        from ftlab.baselines.recipe_file import write_recipe
-
         write_recipe(output, card, baseline)
         err_console.print(f"wrote {output}")
 
@@ -207,7 +211,6 @@ def train_command(
     """Run one trial: the sweep file's baseline configuration (plus any --set), tracked as one MLflow run."""
     quiet_libraries()
     from ftlab.demo import load_sweep_with_assets
-    from ftlab.errors import redact_url
     from ftlab.settings import parse_set_options, resolve_train_config
     from ftlab.sweep import preflight
     from ftlab.tracking import TrackedRun, experiment_name, tracking_uri_for
@@ -236,13 +239,9 @@ def train_command(
             record = run_trial(sweep, train_config, run, trial_dir, sweep_dir=file.parent)
     except NonFiniteLossError as error:
         # The settings' failure, not a wrong input: exit 1 as a failing sweep does (2 is for files and values).
-        err_console.print(
-            f"[bold red]error:[/bold red] training diverged: {escape(str(error))}. "
-            f"Its MLflow run {run.run_id} is FAILED; "
-            "lower learning_rate (or raise warmup, lower max_grad_norm) and train again.",
-            highlight=False,
-            soft_wrap=True,
-            markup=True,
+        _print_error(
+            f"training diverged: {error}. Its MLflow run {run.run_id} is FAILED; "
+            "lower learning_rate (or raise warmup, lower max_grad_norm) and train again."
         )
         raise typer.Exit(1) from None
     assert record.eval_loss is not None and record.tokens_seen is not None and record.seconds
@@ -283,14 +282,6 @@ StorageUrl = Annotated[
 ]
 
 
-def _shown(url: str) -> str:
-    """A URL for a hint to copy: as given, unless it holds a password (then redacted: put it back, or export
-    FTLAB_STORAGE / use ~/.pgpass)."""
-    from ftlab.errors import redact_url
-
-    return redact_url(url)
-
-
 AcceptChanges = Annotated[
     bool,
     typer.Option(
@@ -308,26 +299,19 @@ def stops_cleanly() -> Iterator[None]:
     """
     from ftlab.sweep.events import MachineFaultError, PreemptedError, SweepFailingError
 
-    def stopped(what: str, error: Exception, then: str) -> typer.Exit:
-        err_console.print(
-            f"[bold red]error:[/bold red] {what}: {escape(str(error))}. {then}",
-            highlight=False,
-            soft_wrap=True,
-            markup=True,
-        )
-        return typer.Exit(1)
-
     try:
         yield
     except SweepFailingError as error:
-        then = "Finished trials are stored; fix the cause and run the same command again."
-        raise stopped("the sweep stopped", error, then) from None
-    except MachineFaultError as error:
-        then = (
-            "That trial is queued for a retry (other workers of the study take it); make room and run the same "
-            "command again."
+        _print_error(
+            f"the sweep stopped: {error}. Finished trials are stored; fix the cause and run the same command again."
         )
-        raise stopped("this machine cannot run trials", error, then) from None
+        raise typer.Exit(1) from None
+    except MachineFaultError as error:
+        _print_error(
+            f"this machine cannot run trials: {error}. That trial is queued for a retry (other workers of the study "
+            "take it); make room and run the same command again."
+        )
+        raise typer.Exit(1) from None
     except PreemptedError:
         err_console.print("stopped by SIGTERM: the interrupted trials saved a checkpoint and will be retried")
         raise typer.Exit(143) from None
@@ -339,18 +323,36 @@ def stops_cleanly() -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
-def check_budget_options(n_trials: int | None, timeout: float | None) -> None:
-    """``--n-trials`` and ``--timeout`` checked before the trial server starts: a refusal must not wait for it."""
-    from ftlab.config import check_budget_options as check
+def _trial_options(
+    n_trials: int | None,
+    timeout: float | None,
+    workers: int,
+    storage: str | None,
+    tracking_uri: str | None,
+    **more: Any,
+) -> SweepOptions:
+    """The options of a command that runs trials, with the trial processes' fork server started: ``--n-trials`` and
+    ``--timeout`` are checked first (a refusal must not wait for the server), and the server starts before the heavy
+    imports of the command, so that both run at once. ``more``: the other fields of :class:`SweepOptions`."""
+    if n_trials is not None or timeout is not None:
+        from ftlab.config import check_budget_options
 
-    check(n_trials, timeout)
-
-
-def start_trial_server() -> None:
-    """Start the trial processes' fork server before the heavy imports below, so that both run at once."""
+        check_budget_options(n_trials, timeout)
     from ftlab.sweep.forkserver import trial_process_context
 
     trial_process_context()
+    quiet_libraries()
+    from ftlab.sweep.options import SweepOptions
+
+    return SweepOptions(
+        n_trials=n_trials,
+        timeout=timeout,
+        workers=workers,
+        storage_url=storage,
+        tracking_uri=tracking_uri,
+        console=console,
+        **more,
+    )
 
 
 @app.command()
@@ -366,29 +368,18 @@ def sweep(
     accept_changes: AcceptChanges = False,
 ) -> None:
     """Run (or resume) an Optuna study around the baseline; every trial is a process and a nested MLflow run."""
-    check_budget_options(n_trials, timeout)
-    start_trial_server()
-    quiet_libraries()
-    from ftlab.sweep.options import SweepOptions
+    options = _trial_options(n_trials, timeout, workers, storage, tracking_uri, accept_changes=accept_changes)
     from ftlab.sweep.orchestrate import run_sweep
     from ftlab.tracking import runs_page
 
-    options = SweepOptions(
-        n_trials=n_trials,
-        timeout=timeout,
-        workers=workers,
-        storage_url=storage,
-        tracking_uri=tracking_uri,
-        console=console,
-        accept_changes=accept_changes,
-    )
     with stops_cleanly():
         outcome = run_sweep(file, options)
     console.print(outcome.comparison.sentence() if outcome.comparison else "no trial completed", highlight=False)
     console.print(f"report: {outcome.report_dir} (also logged to MLflow run {outcome.parent_run_id})")
-    # Hints that work as printed: with the storage and tracking store this sweep used.
-    options = (["--storage", _shown(storage)] if storage else []) + (
-        ["--tracking-uri", _shown(tracking_uri)] if tracking_uri else []
+    # Hints that work as printed: with the storage and tracking store this sweep used. A URL that holds a password
+    # is redacted: put it back, or export FTLAB_STORAGE / use ~/.pgpass.
+    options = (["--storage", redact_url(storage)] if storage else []) + (
+        ["--tracking-uri", redact_url(tracking_uri)] if tracking_uri else []
     )
     status_hint = shell_command("ftlab", "status", file, *options)
     console.print(f"status: {status_hint}", highlight=False, soft_wrap=True, markup=False)
@@ -423,23 +414,12 @@ def worker(
     ] = False,
 ) -> None:
     """Join a shared study from any machine and run trials until its budget is spent."""
-    check_budget_options(n_trials, timeout)
-    start_trial_server()
-    quiet_libraries()
-    from ftlab.sweep.options import SweepOptions
+    salt = secrets.randbits(32)  # workers must not draw alike
+    options = _trial_options(
+        n_trials, timeout, workers, storage, tracking_uri, live=False, seed_salt=salt, accept_changes=accept_changes
+    )
     from ftlab.sweep.orchestrate import run_confirm, run_sweep
 
-    options = SweepOptions(
-        n_trials=n_trials,
-        timeout=timeout,
-        workers=workers,
-        storage_url=storage,
-        tracking_uri=tracking_uri,
-        console=console,
-        live=False,
-        seed_salt=secrets.randbits(32),  # workers must not draw alike
-        accept_changes=accept_changes,
-    )
     if confirm_runs:
         with stops_cleanly():
             found = run_confirm(file, options, join_only=True)
@@ -486,11 +466,12 @@ def launch_slurm_command(
     """Submit the sweep's workers to SLURM: one array task per worker, each an `ftlab worker` on the shared study.
     The URLs reach the tasks through the job's environment, never a command line."""
     quiet_libraries()
+    from ftlab.config import load_sweep
     from ftlab.launch.slurm import SlurmLaunch, default_ftlab_bin, launch_slurm, sbatch_command
 
     sweep_file = file.resolve()
     launch = SlurmLaunch(
-        sweep_file=sweep_file, sweep_name=_sweep_name(file), workers=workers, workdir=Path.cwd(),
+        sweep_file=sweep_file, sweep_name=load_sweep(file).name, workers=workers, workdir=Path.cwd(),
         gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker, partition=partition, time=time,
         n_trials=n_trials, ftlab_bin=default_ftlab_bin(), sbatch_args=tuple(sbatch_arg or ()),
     )  # fmt: skip
@@ -499,10 +480,12 @@ def launch_slurm_command(
         print(script, end="")
         err_console.print(f"# submit with: {' '.join(sbatch_command(launch, Path('SCRIPT')))}", highlight=False)
         return
-    # The watch hint repeats a flag only where the environment would not give it again.
-    options = (f" --storage {_shown(storage)}" if storage and not os.environ.get("FTLAB_STORAGE") else "") + (
-        f" --tracking-uri {_shown(tracking_uri)}" if tracking_uri and not os.environ.get("FTLAB_TRACKING_URI") else ""
-    )
+    # The watch hint repeats a flag only where the environment would not give it again (a password redacted).
+    options = ""
+    if storage and not os.environ.get("FTLAB_STORAGE"):
+        options += f" --storage {redact_url(storage)}"
+    if tracking_uri and not os.environ.get("FTLAB_TRACKING_URI"):
+        options += f" --tracking-uri {redact_url(tracking_uri)}"
     gpus = f"{gpus_per_worker} GPU(s)" if gpus_per_worker else "no GPU"
     for line in (
         f"submitted SLURM job {job.job_id}: {workers} worker tasks (array 0-{workers - 1}), each "
@@ -513,12 +496,6 @@ def launch_slurm_command(
         f"stop:   scancel {job.job_id}   (running trials checkpoint and are queued again)",
     ):
         console.print(line, highlight=False, soft_wrap=True)
-
-
-def _sweep_name(file: Path) -> str:
-    from ftlab.config import load_sweep
-
-    return load_sweep(file).name
 
 
 @app.command()
@@ -550,12 +527,9 @@ def confirm(
     """Train the baseline and the sweep's top configurations again with new seeds: is the winner's gain real or seed
     noise? Resumable: runs already done are not repeated; `ftlab worker --confirm` processes can help. Exits 1 when
     planned runs are still without a result."""
-    start_trial_server()
-    quiet_libraries()
-    from ftlab.sweep.options import SweepOptions
+    options = _trial_options(None, None, workers, storage, tracking_uri)
     from ftlab.sweep.orchestrate import run_confirm
 
-    options = SweepOptions(workers=workers, storage_url=storage, tracking_uri=tracking_uri, console=console)
     with stops_cleanly():
         found = run_confirm(
             file,
@@ -720,9 +694,8 @@ def best(
 
 def _print_best(winner: dict[str, Any]) -> None:
     table = Table(title=f"best trial #{winner['trial']}", show_header=True)
-    table.add_column("")
-    table.add_column("baseline")
-    table.add_column("best")
+    for column in ("", "baseline", "best"):
+        table.add_column(column)
     base = winner["baseline"] or {}
     table.add_row("trial", str(base.get("trial", "-")), str(winner["trial"]))
     for key, label in (("eval_loss", "eval/loss"), ("perplexity", "eval/perplexity")):
@@ -765,7 +738,6 @@ def ui(
     """Start the MLflow UI on the sweep's store (localhost only) and say how to open optuna-dashboard on its study."""
     from ftlab import paths
     from ftlab.config import load_sweep
-    from ftlab.errors import redact_url
     from ftlab.storage import sqlite_file, storage_url_for
     from ftlab.tracking import experiment_name, runs_page, tracking_uri_for
 
@@ -776,9 +748,10 @@ def ui(
         raise UserError.single(
             "no MLflow store here yet", where=str(database), fix="run a sweep first, or pass --tracking-uri"
         )
-    if not uri.startswith(("http://", "https://")):
+    served = uri.startswith(("http://", "https://"))  # a tracking server serves the UI itself
+    if not served:
         _check_port_free(port)
-    ui_address = uri if uri.startswith(("http://", "https://")) else f"http://127.0.0.1:{port}"
+    ui_address = f"http://127.0.0.1:{port}"  # where `mlflow ui` serves a local store
     if sweep_config is not None:
         from mlflow import MlflowClient
 
@@ -811,7 +784,7 @@ def ui(
             soft_wrap=True,
             markup=False,  # `[dashboard]` is text, not rich markup
         )
-    if uri.startswith(("http://", "https://")):
+    if served:
         console.print(f"The tracking server already serves the UI: {redact_url(uri)}", highlight=False)
         return
     console.print(f"MLflow UI on {ui_address} (Ctrl-C stops it)", highlight=False)
@@ -889,30 +862,20 @@ def _run() -> None:
         app()
     except UserError as error:
         # User text (values, paths, YAML excerpts) is printed as it is: `[...]` in it is not rich markup.
-        err_console.print(
-            f"[bold red]error:[/bold red] {escape(str(error))}", highlight=False, soft_wrap=True, markup=True
-        )
+        _print_error(str(error))
         sys.exit(2)
     except Exception as error:
-        from ftlab.errors import redact_url
         from ftlab.storage import RECONNECT_TIMEOUT_S, is_connection_loss
 
         if (refused := _refused_write(error)) is not None:
-            err_console.print(
-                f"[bold red]error:[/bold red] {escape(refused)}", highlight=False, soft_wrap=True, markup=True
-            )
+            _print_error(refused)
             sys.exit(2)
         if not is_connection_loss(error):
             raise
         cause = str(error.__cause__ or error).strip().splitlines()[0]
-        err_console.print(
-            f"[bold red]error:[/bold red] lost the database connection (retried for up to "
-            f"{RECONNECT_TIMEOUT_S:.0f} s): {escape(redact_url(cause))}. "
-            "Finished trials are stored; run the same command "
-            "again once the database is back to resume.",
-            highlight=False,
-            soft_wrap=True,
-            markup=True,
+        _print_error(
+            f"lost the database connection (retried for up to {RECONNECT_TIMEOUT_S:.0f} s): {redact_url(cause)}. "
+            "Finished trials are stored; run the same command again once the database is back to resume."
         )
         sys.exit(1)
 

@@ -163,6 +163,7 @@ def export_best(
     uri = tracking_uri_for(sweep, tracking_uri)
     winner = select_best(study, sweep, str(sweep_file))
     confirmed = load_confirmation(sweep, storage_url)
+    confirmation = confirmed.as_json() if confirmed else None
     check_export_target(out_dir, force, _protected(sweep_file, storage_url_for(sweep, storage_url), uri))
     train = trial_train_config(sweep, sweep_dir, winner.best)
     recorded = winner.best.eval_loss
@@ -204,11 +205,10 @@ def export_best(
         )
         (build / "README.md").write_text(render_card(facts))
         provenance = _provenance(winner, train, study, fingerprint, measured, weights_from, uri)
-        provenance["confirmation"] = confirmed.as_json() if confirmed else None
+        provenance["confirmation"] = confirmation
         atomic_write_json(build / "ftlab.json", provenance, indent=2)
 
     registered = None
     if register:
-        confirmation = confirmed.as_json() if confirmed else None
         registered = register_model(uri, winner, out_dir, register, measured, confirmation)
     return ExportResult(out_dir, winner.best.number, recorded, measured, weights_from, registered)
