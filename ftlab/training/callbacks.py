@@ -7,6 +7,7 @@ A hook may raise to stop training (for example the sweep's pruning decision); th
 
 from __future__ import annotations
 
+import abc
 import functools
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,7 +79,7 @@ HOOKS = frozenset(name for name in vars(TrainingCallback) if name.startswith("on
 """The names of :class:`TrainingCallback`'s hooks."""
 
 
-class ForwardingCallback(TrainingCallback):
+class ForwardingCallback(TrainingCallback, abc.ABC):
     """A callback that hands every hook call, by name, to :meth:`forward`."""
 
     def __getattribute__(self, name: str) -> Any:
@@ -86,8 +87,9 @@ class ForwardingCallback(TrainingCallback):
             return functools.partial(object.__getattribute__(self, "forward"), name)
         return object.__getattribute__(self, name)
 
+    @abc.abstractmethod
     def forward(self, hook: str, *args: Any) -> None:
-        raise NotImplementedError
+        """Handle the call ``hook(*args)`` (``hook`` is one of :data:`HOOKS`)."""
 
 
 class CallbackList(ForwardingCallback):
