@@ -378,13 +378,13 @@ def sweep(
     console.print(f"report: {outcome.report_dir} (also logged to MLflow run {outcome.parent_run_id})")
     # Hints that work as printed: with the storage and tracking store this sweep used. A URL that holds a password
     # is redacted: put it back, or export FTLAB_STORAGE / use ~/.pgpass.
-    options = (["--storage", redact_url(storage)] if storage else []) + (
+    stores = (["--storage", redact_url(storage)] if storage else []) + (
         ["--tracking-uri", redact_url(tracking_uri)] if tracking_uri else []
     )
-    status_hint = shell_command("ftlab", "status", file, *options)
+    status_hint = shell_command("ftlab", "status", file, *stores)
     console.print(f"status: {status_hint}", highlight=False, soft_wrap=True, markup=False)
     page = runs_page(outcome.tracking_uri, outcome.experiment_id)
-    ui_hint = shell_command("ftlab", "ui", file, *options)
+    ui_hint = shell_command("ftlab", "ui", file, *stores)
     console.print(f"MLflow UI: {ui_hint}  →  {page}", highlight=False, soft_wrap=True, markup=False)
 
 
