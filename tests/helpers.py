@@ -86,6 +86,7 @@ def _in_process(command: Any, folder: Path, env: dict[str, str] | None, argument
     from rich.console import Console
 
     from ftlab.console import quiet_libraries
+    from ftlab.sweep.forkserver import trial_process_context
     from ftlab.sweep.options import SweepOptions
 
     fields = {field.name for field in dataclasses.fields(SweepOptions)}
@@ -93,5 +94,8 @@ def _in_process(command: Any, folder: Path, env: dict[str, str] | None, argument
         console=Console(file=io.StringIO()), live=False, **{k: v for k, v in arguments.items() if k in fields}
     )
     quiet_libraries()
+    # Start the fork server (once per session) before changing the environment: it keeps the environment it starts
+    # with, and test_distributed's ranks, forked from it, would inherit one test's fault injection.
+    trial_process_context()
     with contextlib.chdir(folder), environment(env):
         return command(folder / "sweep.yaml", options, **{k: v for k, v in arguments.items() if k not in fields})
