@@ -3,6 +3,7 @@ overrides (sampled values or ``--set``)."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ from pydantic import ValidationError
 
 from ftlab.config import TRAIN_KEYS, SweepConfig, TrainConfig
 from ftlab.errors import ConfigError, Problem
-from ftlab.yamlfile import load_scalar
+from ftlab.yamlfile import SweepLoader
 
 
 def baseline_settings(sweep: SweepConfig, sweep_dir: Path) -> dict[str, Any]:
@@ -57,12 +58,10 @@ def parse_set_options(assignments: list[str]) -> dict[str, Any]:
 def _scalar(raw: str) -> Any:
     """A YAML scalar as a sweep file reads it (``1e-4`` a float, see :mod:`ftlab.yamlfile`); other text that Python
     reads as a float (``inf``) is one too."""
-    value = load_scalar(raw)
+    value = yaml.load(raw, Loader=SweepLoader)
     if isinstance(value, str):
-        try:
+        with contextlib.suppress(ValueError):
             return float(value)
-        except ValueError:
-            return value
     return value
 
 
