@@ -15,17 +15,6 @@ from ftlab.errors import ConfigError, Problem
 from ftlab.yamlfile import SweepLoader
 
 
-def baseline_settings(sweep: SweepConfig, sweep_dir: Path) -> dict[str, Any]:
-    """The baseline's TrainingArguments settings: from a built-in name, a Trainer model card, or inline."""
-    if sweep.baseline is None:
-        return {}
-    if isinstance(sweep.baseline, dict):
-        return dict(sweep.baseline)
-    from ftlab.baselines import resolve_baseline
-
-    return resolve_baseline(sweep.baseline, relative_to=sweep_dir).training_settings()
-
-
 def parse_set_options(assignments: list[str]) -> dict[str, Any]:
     """``--set key=value`` pairs; values are read as YAML scalars so ``1e-4`` is a float and ``true`` a bool."""
     overrides: dict[str, Any] = {}
@@ -73,7 +62,12 @@ def resolve_train_config(
     Raises:
         ConfigError: the merged settings break the schema (e.g. warmup_ratio and warmup_steps both set).
     """
-    merged = {**baseline_settings(sweep, sweep_dir), **sweep.train, **(overrides or {})}
+    baseline = sweep.baseline
+    if isinstance(baseline, str):  # a built-in name or a Trainer model card; else inline settings or none
+        from ftlab.baselines import resolve_baseline
+
+        baseline = resolve_baseline(baseline, relative_to=sweep_dir).training_settings()
+    merged = {**(baseline or {}), **sweep.train, **(overrides or {})}
     try:
         return TrainConfig.model_validate(merged)
     except ValidationError as error:
