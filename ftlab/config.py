@@ -11,7 +11,7 @@ import difflib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ftlab.errors import MISSING, ConfigError, Problem
 from ftlab.figures import FINAL_METRICS
@@ -210,9 +210,6 @@ class FactorParam(StrictModel):
         return value
 
 
-ParamSpec = Annotated[FloatParam | IntParam | CategoricalParam | FactorParam, Field(discriminator="type")]
-
-
 def _infer_param_type(spec: Any) -> Any:
     """Let users omit ``type`` where the other keys say it: ``choices`` → categorical, ``factor`` → factor."""
     if isinstance(spec, dict) and "type" not in spec:
@@ -221,6 +218,13 @@ def _infer_param_type(spec: Any) -> Any:
         if "factor" in spec:
             return {**spec, "type": "factor"}
     return spec
+
+
+ParamSpec = Annotated[
+    FloatParam | IntParam | CategoricalParam | FactorParam,
+    Field(discriminator="type"),
+    BeforeValidator(_infer_param_type),
+]
 
 
 class ObjectiveConfig(StrictModel):
@@ -333,13 +337,6 @@ class SweepConfig(StrictModel):
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
-
-    @field_validator("search", mode="before")
-    @classmethod
-    def _infer_types(cls, value: Any) -> Any:
-        if isinstance(value, dict):
-            return {key: _infer_param_type(spec) for key, spec in value.items()}
-        return value
 
     @field_validator("objective", mode="after")
     @classmethod

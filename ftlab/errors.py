@@ -24,10 +24,9 @@ class Problem:
     fix: str | None = None
 
     def __str__(self) -> str:
-        parts = [f"{self.where}: {self.message}" if self.where else self.message]
+        text = f"{self.where}: {self.message}" if self.where else self.message
         if self.value is not MISSING:
-            parts.append(f"got {self.value!r}")
-        text = "; ".join(parts)
+            text += f"; got {self.value!r}"
         if self.fix:
             text += f". Fix: {self.fix}"
         return text

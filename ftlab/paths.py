@@ -52,9 +52,7 @@ def default_storage_url(root: Path | None = None) -> str:
 
 def default_tracking_uri(root: Path | None = None) -> str:
     """``MLFLOW_TRACKING_URI`` if set, else SQLite in ``./mlruns/mlflow.db`` (MLflow's file store is retired)."""
-    if uri := os.environ.get("MLFLOW_TRACKING_URI"):
-        return uri
-    return f"sqlite:///{store_dir(root) / MLFLOW_DB}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{store_dir(root) / MLFLOW_DB}"
 
 
 def trial_dir(output_dir: str | Path, sweep_name: str, number: int) -> Path:

@@ -3,6 +3,7 @@ overrides (sampled values or ``--set``)."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -11,18 +12,7 @@ from pydantic import ValidationError
 
 from ftlab.config import TRAIN_KEYS, SweepConfig, TrainConfig
 from ftlab.errors import ConfigError, Problem
-from ftlab.yamlfile import load_scalar
-
-
-def baseline_settings(sweep: SweepConfig, sweep_dir: Path) -> dict[str, Any]:
-    """The baseline's TrainingArguments settings: from a built-in name, a Trainer model card, or inline."""
-    if sweep.baseline is None:
-        return {}
-    if isinstance(sweep.baseline, dict):
-        return dict(sweep.baseline)
-    from ftlab.baselines import resolve_baseline
-
-    return resolve_baseline(sweep.baseline, relative_to=sweep_dir).training_settings()
+from ftlab.yamlfile import SweepLoader
 
 
 def parse_set_options(assignments: list[str]) -> dict[str, Any]:
@@ -57,12 +47,10 @@ def parse_set_options(assignments: list[str]) -> dict[str, Any]:
 def _scalar(raw: str) -> Any:
     """A YAML scalar as a sweep file reads it (``1e-4`` a float, see :mod:`ftlab.yamlfile`); other text that Python
     reads as a float (``inf``) is one too."""
-    value = load_scalar(raw)
+    value = yaml.load(raw, Loader=SweepLoader)
     if isinstance(value, str):
-        try:
+        with contextlib.suppress(ValueError):
             return float(value)
-        except ValueError:
-            return value
     return value
 
 
@@ -74,7 +62,12 @@ def resolve_train_config(
     Raises:
         ConfigError: the merged settings break the schema (e.g. warmup_ratio and warmup_steps both set).
     """
-    merged = {**baseline_settings(sweep, sweep_dir), **sweep.train, **(overrides or {})}
+    baseline = sweep.baseline
+    if isinstance(baseline, str):  # a built-in name or a Trainer model card; else inline settings or none
+        from ftlab.baselines import resolve_baseline
+
+        baseline = resolve_baseline(baseline, relative_to=sweep_dir).training_settings()
+    merged = {**(baseline or {}), **sweep.train, **(overrides or {})}
     try:
         return TrainConfig.model_validate(merged)
     except ValidationError as error:

@@ -66,8 +66,3 @@ def load_yaml(text: str, source: str) -> Any:
         ) from None
     except yaml.YAMLError as error:
         raise ConfigError.single(f"not valid YAML: {error}", where=source, fix="fix the YAML syntax") from None
-
-
-def load_scalar(raw: str) -> Any:
-    """One value as a sweep file would read it (``--set key=VALUE``): ``1e-4`` a float, ``true`` a bool."""
-    return yaml.load(raw, Loader=SweepLoader)
