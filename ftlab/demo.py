@@ -344,19 +344,6 @@ def _train_tokenizer(texts: list[str], recipe: DemoRecipe) -> Tokenizer:
     return tokenizer
 
 
-def _pack_blocks(tokenizer: Tokenizer, sources: list[str], block_size: int) -> torch.Tensor:
-    """Encode the sources, each followed by end-of-text, and cut the stream into full blocks."""
-    import torch
-
-    eos_id = tokenizer.token_to_id(EOS_TOKEN)
-    ids: list[int] = []
-    for encoding in tokenizer.encode_batch(sources):
-        ids += encoding.ids
-        ids.append(eos_id)
-    n_blocks = len(ids) // block_size
-    return torch.tensor(ids[: n_blocks * block_size], dtype=torch.long).view(n_blocks, block_size)
-
-
 def _pretrain(tokenizer: Tokenizer, sources: list[str], recipe: DemoRecipe) -> tuple[GPT2LMHeadModel, dict[str, Any]]:
     """Create the tiny GPT-2 and pre-train it on the sources; return it and its pre-training metrics."""
     import torch
@@ -376,7 +363,12 @@ def _pretrain(tokenizer: Tokenizer, sources: list[str], recipe: DemoRecipe) -> t
         bos_token_id=eos_id,
         eos_token_id=eos_id,
     )
-    blocks = _pack_blocks(tokenizer, sources, recipe.n_positions)
+    # Encode the sources, each followed by end-of-text, and cut the stream into full blocks.
+    ids: list[int] = []
+    for encoding in tokenizer.encode_batch(sources):
+        ids += [*encoding.ids, eos_id]
+    n_blocks = len(ids) // recipe.n_positions
+    blocks = torch.tensor(ids[: n_blocks * recipe.n_positions], dtype=torch.long).view(n_blocks, recipe.n_positions)
     # fork_rng: seed our own run without disturbing the random state of the process that asked for the demo.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)

@@ -33,8 +33,17 @@ def model_content_problems(sweep: SweepConfig, source: str) -> list[Problem]:
     problems, config = _config_problems(sweep, source)
     if config is None and sweep.model.tokenizer is None:
         return problems  # the tokenizer would fail on the same config.json: one problem, with its own fix
-    if config is not None:
-        problems += _position_problems(sweep, config, source)
+    limit = None if config is None else max_positions(config)
+    if limit is not None and sweep.data.block_size > limit:
+        problems.append(
+            Problem(
+                f"longer than the model's {limit} positions ({sweep.model.name_or_path}): the first training step "
+                "would fail",
+                f"{source}:data.block_size",
+                sweep.data.block_size,
+                f"set data.block_size to {limit} or less",
+            )
+        )
     return problems + tokenizer_problems(sweep, source)
 
 
@@ -71,28 +80,12 @@ def max_positions(config: Any) -> int | None:
     return None
 
 
-def _position_problems(sweep: SweepConfig, config: Any, source: str) -> list[Problem]:
-    limit = max_positions(config)
-    if limit is None or sweep.data.block_size <= limit:
-        return []
-    return [
-        Problem(
-            f"longer than the model's {limit} positions ({sweep.model.name_or_path}): the first training step would "
-            "fail",
-            f"{source}:data.block_size",
-            sweep.data.block_size,
-            f"set data.block_size to {limit} or less",
-        )
-    ]
-
-
 def tokenizer_problems(sweep: SweepConfig, source: str) -> list[Problem]:
     """Whether the tokenizer loads, has a real vocabulary and turns text into tokens."""
     import transformers
 
-    key = "model.tokenizer" if sweep.model.tokenizer else "model.name_or_path"
+    where = f"{source}:model.tokenizer" if sweep.model.tokenizer else f"{source}:model.name_or_path"
     name = sweep.model.tokenizer or sweep.model.name_or_path
-    where = f"{source}:{key}"
     fix = (
         "copy the tokenizer files (tokenizer.json, or vocab.json and merges.txt, with tokenizer_config.json) into "
         "the model folder, or name a tokenizer with model.tokenizer"

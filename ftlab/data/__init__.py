@@ -11,6 +11,5 @@ are not understood here: ``load_sweep`` has already turned them into local paths
 """
 
 from ftlab.data._cache import PreparedData, data_fingerprint, prepare_data
-from ftlab.data._source import BUILDERS, FORMAT_VERSION
 
-__all__ = ["BUILDERS", "FORMAT_VERSION", "PreparedData", "data_fingerprint", "prepare_data"]
+__all__ = ["PreparedData", "data_fingerprint", "prepare_data"]

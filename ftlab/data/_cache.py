@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,31 +139,22 @@ def prepare_data(
 
     started = time.perf_counter()
     with _progress_bars_off():
-        built = _build_or_say_why(entry, build, config.cache_dir)
+        try:
+            built = build_once(entry, build, lambda folder: (folder / _META_FILE).is_file())
+        except OSError as error:
+            # A failed write (full disk, file-size limit, read-only folder); build_once removed the half-built entry.
+            reason = str(error) if isinstance(error, NoSpaceError) else f"{error.strerror or error} ({entry})"
+            raise DataError.single(
+                f"cannot write the prepared data: {reason}",
+                where="data.cache_dir",
+                value=config.cache_dir,
+                fix="make room (or raise `ulimit -f`), or point `data.cache_dir` at a writable folder with space",
+            ) from None
         if built:
             logger.info("Prepared data in %.1f s, cached in %s", time.perf_counter() - started, entry)
         else:
             logger.info("Using cached data %s from %s", key, entry)
         return _load_prepared(entry, key, from_cache=not built)
-
-
-def _build_or_say_why(entry: Path, build: Callable[[Path], None], cache_dir: str) -> bool:
-    """:func:`build_once`, with a write that fails (full disk, file-size limit, read-only folder) as a
-    :class:`DataError` naming the cache folder; the half-built entry is removed by ``build_once``."""
-    try:
-        return build_once(entry, build, _is_complete)
-    except OSError as error:
-        reason = str(error) if isinstance(error, NoSpaceError) else f"{error.strerror or error} ({entry})"
-        raise DataError.single(
-            f"cannot write the prepared data: {reason}",
-            where="data.cache_dir",
-            value=cache_dir,
-            fix="make room (or raise `ulimit -f`), or point `data.cache_dir` at a writable folder with space",
-        ) from None
-
-
-def _is_complete(entry: Path) -> bool:
-    return (entry / _META_FILE).is_file()
 
 
 def _load_prepared(folder: Path, fingerprint: str, *, from_cache: bool) -> PreparedData:

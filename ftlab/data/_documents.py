@@ -128,11 +128,10 @@ def _load_hub(source: Source) -> datasets.DatasetDict:
     try:
         raw = datasets.load_dataset(source.dataset, source.dataset_config)
     except Exception as error:  # anything the hub client raises here is about the name, config or network
-        offline = datasets.config.HF_HUB_OFFLINE
         fix = (
             "offline mode is on (HF_DATASETS_OFFLINE / HF_HUB_OFFLINE): run once online to cache the dataset, "
             "or use local `data.train_files`"
-            if offline
+            if datasets.config.HF_HUB_OFFLINE
             else "check `data.dataset` and `data.dataset_config` on huggingface.co/datasets and your network; "
             "set HF_DATASETS_OFFLINE=1 to use an already cached copy, or use local `data.train_files`"
         )
@@ -142,9 +141,7 @@ def _load_hub(source: Source) -> datasets.DatasetDict:
             value=source.describe(),
             fix=fix,
         ) from error
-    if not isinstance(raw, datasets.DatasetDict):  # defensive: load_dataset without split returns a DatasetDict
-        raw = datasets.DatasetDict({"train": raw})
-    return raw
+    return raw  # a DatasetDict: load_dataset without split (and without streaming) returns one
 
 
 def _load_files(source: Source, hf_cache: Path) -> datasets.DatasetDict:

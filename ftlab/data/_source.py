@@ -79,9 +79,7 @@ def _resolve_files(values: list[str], key: str, base: Path) -> list[Path]:
     paths: list[Path] = []
     for index, value in enumerate(values):
         where = f"{key}[{index}]"
-        path = Path(value).expanduser()
-        if not path.is_absolute():
-            path = base / path
+        path = base / Path(value).expanduser()  # an absolute path replaces base
         if glob.has_magic(str(path)):
             matches = sorted(Path(match) for match in glob.glob(str(path)) if Path(match).is_file())
             if not matches:
