@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 
 from ftlab.training.metrics import count_label_tokens, sum_token_nll
+from ftlab.training.speedups import decoder_blocks
 
 Strategy = Literal["ddp", "fsdp"]
 
@@ -80,7 +81,7 @@ class Parallel:
         from torch.distributed.fsdp import fully_shard
 
         mesh = init_device_mesh(device.type, (self.world_size,))
-        for block in _decoder_blocks(model):
+        for block in decoder_blocks(model):
             fully_shard(block, mesh=mesh)
         fully_shard(model, mesh=mesh)
         return model
@@ -101,13 +102,10 @@ class Parallel:
 
     def gradient_sync(self, model: torch.nn.Module, sync: bool) -> AbstractContextManager[object]:
         """Within it, backward passes exchange gradients only if ``sync`` (the optimizer step's last micro-batch)."""
-        if not self.active or sync:
-            if self.active and self.strategy == "fsdp":
-                model.set_requires_gradient_sync(True)  # type: ignore[operator]
-            return contextlib.nullcontext()
-        if self.strategy == "ddp":
+        if self.active and self.strategy == "ddp" and not sync:
             return model.no_sync()  # type: ignore[operator]
-        model.set_requires_gradient_sync(False)  # type: ignore[operator]  # FSDP2: reduce-scatter at the last one
+        if self.active and self.strategy == "fsdp":
+            model.set_requires_gradient_sync(sync)  # type: ignore[operator]  # FSDP2: reduce-scatter at the last one
         return contextlib.nullcontext()
 
     # -- data -----------------------------------------------------------------------------------------------------
@@ -171,13 +169,6 @@ class Parallel:
 
 
 SINGLE = Parallel()
-
-
-def _decoder_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The repeated decoder blocks of a transformers causal LM (its ``_no_split_modules`` classes)."""
-    names = set(getattr(model, "_no_split_modules", None) or [])
-    blocks = [module for module in model.modules() if type(module).__name__ in names]
-    return blocks
 
 
 def to_float(value: torch.Tensor) -> float:
