@@ -143,15 +143,10 @@ def directives(launch: SlurmLaunch) -> list[str]:
     return options
 
 
-def template_text() -> str:
-    """The shipped job script, ``docs/slurm/ftlab-workers.sbatch``."""
-    return resources.files("ftlab.launch").joinpath("ftlab-workers.sbatch").read_text()
-
-
 def render_script(launch: SlurmLaunch) -> str:
-    """The template with its ``#SBATCH`` block replaced by this launch's, and the launch's (non-secret) settings
-    exported after it; the body is the template's."""
-    lines = template_text().splitlines()
+    """The shipped job script (``docs/slurm/ftlab-workers.sbatch``) with its ``#SBATCH`` block replaced by this
+    launch's, and the launch's (non-secret) settings exported after it; the body is the template's."""
+    lines = resources.files("ftlab.launch").joinpath("ftlab-workers.sbatch").read_text().splitlines()
     block = [index for index, line in enumerate(lines) if line.startswith("#SBATCH")]
     first, last = block[0], block[-1]
     settings = {
