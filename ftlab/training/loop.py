@@ -35,7 +35,7 @@ from ftlab.training.checkpoint import (
     save_sharded_training_state,
     save_training_state,
 )
-from ftlab.training.distributed import SINGLE, Parallel, evaluate_sharded, to_float
+from ftlab.training.distributed import SINGLE, Parallel, to_float
 from ftlab.training.metrics import count_label_tokens, evaluate, perplexity
 from ftlab.training.optim import build_optimizer, build_scheduler, warmup_steps_for
 from ftlab.training.runtime import Runtime, peak_memory_mb
@@ -373,9 +373,8 @@ def _evaluate(
     """(eval loss, tokens scored) over all of ``blocks`` (the validation or the holdout split), shared out among the
     ranks if there are several."""
     batch_size = config.per_device_eval_batch_size
-    if parallel.active:
-        return evaluate_sharded(model, blocks, batch_size, runtime.device, runtime.autocast(), parallel)
-    return evaluate(model, blocks, batch_size, runtime.device, runtime.autocast())
+    forward = parallel.unwrap(model)  # DDP's hooks are for training
+    return evaluate(forward, blocks, batch_size, runtime.device, runtime.autocast(), parallel.rank, parallel.world_size)
 
 
 def _on_holdout(
