@@ -104,10 +104,8 @@ def time_limit_seconds(text: str) -> int:
         )
     days = int(found["days"] or 0)
     numbers = [int(part) for part in (found["a"], found["b"], found["c"]) if part is not None]
-    if days:  # D-H, D-H:M, D-H:M:S
+    if days or len(numbers) == 3:  # D-H, D-H:M, D-H:M:S or H:M:S
         hours, minutes, seconds = [*numbers, 0, 0][:3]
-    elif len(numbers) == 3:
-        hours, minutes, seconds = numbers
     else:  # M or M:S
         hours, minutes, seconds = 0, numbers[0], numbers[1] if len(numbers) == 2 else 0
     return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
@@ -143,15 +141,10 @@ def directives(launch: SlurmLaunch) -> list[str]:
     return options
 
 
-def template_text() -> str:
-    """The shipped job script, ``docs/slurm/ftlab-workers.sbatch``."""
-    return resources.files("ftlab.launch").joinpath("ftlab-workers.sbatch").read_text()
-
-
 def render_script(launch: SlurmLaunch) -> str:
-    """The template with its ``#SBATCH`` block replaced by this launch's, and the launch's (non-secret) settings
-    exported after it; the body is the template's."""
-    lines = template_text().splitlines()
+    """The shipped job script (``docs/slurm/ftlab-workers.sbatch``) with its ``#SBATCH`` block replaced by this
+    launch's, and the launch's (non-secret) settings exported after it; the body is the template's."""
+    lines = resources.files("ftlab.launch").joinpath("ftlab-workers.sbatch").read_text().splitlines()
     block = [index for index, line in enumerate(lines) if line.startswith("#SBATCH")]
     first, last = block[0], block[-1]
     settings = {

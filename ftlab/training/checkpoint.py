@@ -37,9 +37,6 @@ def save_model_atomically(
 def save_model(model: torch.nn.Module, target: Path, parallel: Parallel) -> None:
     """``save_model_atomically`` from any rank layout: with several processes every rank must call it (FSDP gathers
     the shards), and rank 0 writes the whole model."""
-    if not parallel.active:
-        save_model_atomically(model, target)
-        return
     state_dict = parallel.full_state_dict(model)
     if parallel.is_main:
         save_model_atomically(parallel.unwrap(model), target, state_dict)
@@ -122,15 +119,15 @@ def save_sharded_training_state(state: TrainState, path: Path, parallel: Paralle
     parallel.barrier()  # ``latest`` names this checkpoint before any rank goes on
 
 
-def load_sharded_training_state(state: TrainState, path: Path | None, parallel: Parallel) -> bool:
-    """Continue ``state`` from the sharded checkpoint ``path`` (every rank calls it); False if there is none.
+def load_sharded_training_state(state: TrainState, path: Path | None, parallel: Parallel) -> None:
+    """Continue ``state`` from the sharded checkpoint ``path`` (every rank calls it); as it was if there is none.
 
     Raises:
         ValueError: the checkpoint was written by a group of another size.
     """
     folder = latest_sharded_checkpoint(path)
     if folder is None:
-        return False
+        return
     progress_file = _rank_file(folder, parallel.rank)
     if not progress_file.is_file() or _rank_file(folder, parallel.world_size).is_file():
         raise ValueError(
@@ -149,4 +146,3 @@ def load_sharded_training_state(state: TrainState, path: Path | None, parallel: 
         optim_state_dict=shards["optimizer"],
     )
     state.load_progress_dict(torch.load(progress_file, map_location="cpu", weights_only=False))
-    return True

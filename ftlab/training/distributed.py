@@ -20,7 +20,6 @@ stops every rank at the same point instead of leaving the others waiting in a co
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from typing import Any, Literal
 import torch
 import torch.distributed as dist
 
-from ftlab.training.metrics import count_label_tokens, sum_token_nll
+from ftlab.training.speedups import decoder_blocks
 
 Strategy = Literal["ddp", "fsdp"]
 
@@ -80,7 +79,7 @@ class Parallel:
         from torch.distributed.fsdp import fully_shard
 
         mesh = init_device_mesh(device.type, (self.world_size,))
-        for block in _decoder_blocks(model):
+        for block in decoder_blocks(model):
             fully_shard(block, mesh=mesh)
         fully_shard(model, mesh=mesh)
         return model
@@ -101,13 +100,10 @@ class Parallel:
 
     def gradient_sync(self, model: torch.nn.Module, sync: bool) -> AbstractContextManager[object]:
         """Within it, backward passes exchange gradients only if ``sync`` (the optimizer step's last micro-batch)."""
-        if not self.active or sync:
-            if self.active and self.strategy == "fsdp":
-                model.set_requires_gradient_sync(True)  # type: ignore[operator]
-            return contextlib.nullcontext()
-        if self.strategy == "ddp":
+        if self.active and self.strategy == "ddp" and not sync:
             return model.no_sync()  # type: ignore[operator]
-        model.set_requires_gradient_sync(False)  # type: ignore[operator]  # FSDP2: reduce-scatter at the last one
+        if self.active and self.strategy == "fsdp":
+            model.set_requires_gradient_sync(sync)  # type: ignore[operator]  # FSDP2: reduce-scatter at the last one
         return contextlib.nullcontext()
 
     # -- data -----------------------------------------------------------------------------------------------------
@@ -173,52 +169,7 @@ class Parallel:
 SINGLE = Parallel()
 
 
-def _decoder_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The repeated decoder blocks of a transformers causal LM (its ``_no_split_modules`` classes)."""
-    names = set(getattr(model, "_no_split_modules", None) or [])
-    blocks = [module for module in model.modules() if type(module).__name__ in names]
-    return blocks
-
-
 def to_float(value: torch.Tensor) -> float:
     """A scalar tensor as a float; FSDP's gradient norm is a replicated DTensor."""
     full = getattr(value, "full_tensor", None)
     return float(full() if full is not None else value)
-
-
-@torch.no_grad()
-def evaluate_sharded(
-    model: torch.nn.Module,
-    blocks: torch.Tensor,
-    batch_size: int,
-    device: torch.device,
-    autocast: AbstractContextManager[object],
-    parallel: Parallel,
-) -> tuple[float, int]:
-    """Token-weighted mean NLL over every block, each rank scoring a contiguous share; (loss, tokens scored).
-
-    Every rank runs the same number of forward passes (FSDP gathers each block's weights in each one, a collective):
-    a rank whose share is used up scores a stand-in batch with weight zero.
-    """
-    was_training = model.training
-    model.eval()
-    forward = parallel.unwrap(model) if parallel.strategy == "ddp" else model  # DDP's hooks are for training
-    share = math.ceil(blocks.size(0) / parallel.world_size)
-    mine = blocks[parallel.rank * share : (parallel.rank + 1) * share]
-    sums = torch.zeros(2, dtype=torch.float64, device=device)  # nll, tokens
-    for start in range(0, share, batch_size):
-        host_batch = mine[start : start + batch_size]
-        weight = 1.0 if host_batch.size(0) > 0 else 0.0
-        if weight == 0.0:
-            host_batch = blocks[:1]
-        batch = host_batch.to(device, non_blocking=True)
-        with autocast:
-            logits = forward(input_ids=batch, use_cache=False).logits
-        sums[0] += weight * sum_token_nll(logits, batch).double()
-        sums[1] += weight * count_label_tokens(host_batch)
-    model.train(was_training)
-    dist.all_reduce(sums, op=dist.ReduceOp.SUM)
-    total_nll, total_tokens = float(sums[0].item()), int(sums[1].item())
-    if total_tokens == 0:
-        raise ValueError("the validation split has no tokens to score")
-    return total_nll / total_tokens, total_tokens

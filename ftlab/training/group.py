@@ -111,21 +111,13 @@ class _CallbackServer:
                 hook, args = self._end.recv()
             except EOFError:
                 return
+            raised = None
             try:
                 getattr(self.callback, hook)(*args)
             except Exception as error:  # raised again by the caller once the group has stopped
                 self.raised = error
-                self._end.send((f"{type(error).__name__}: {error}", self._stopping()))
-            else:
-                self._end.send((None, self._stopping()))
-
-    def _stopping(self) -> bool:
-        return self.stop_requested is not None and self.stop_requested.is_set()
-
-
-def _rank_runtime(runtime: Runtime) -> Runtime:
-    device = torch.device("cuda", torch.cuda.current_device()) if runtime.device.type == "cuda" else runtime.device
-    return Runtime(device=device, bf16=runtime.bf16)
+                raised = f"{type(error).__name__}: {error}"
+            self._end.send((raised, self.stop_requested is not None and self.stop_requested.is_set()))
 
 
 def _rank_entry(job: GroupTraining, connection: Connection) -> dict[str, Any]:
@@ -138,7 +130,9 @@ def _rank_entry(job: GroupTraining, connection: Connection) -> dict[str, Any]:
     # process's stop (relayed): the ranks agree to stop at the same step boundary.
     signal.signal(signal.SIGTERM, lambda signum, frame: stop_requested.set())
     parallel = Parallel.from_process_group("fsdp" if job.config.fsdp else "ddp")
-    runtime = _rank_runtime(job.runtime)
+    runtime = job.runtime
+    if runtime.device.type == "cuda":  # the rank's own GPU, made current by the launcher from LOCAL_RANK
+        runtime = Runtime(device=torch.device("cuda", torch.cuda.current_device()), bf16=runtime.bf16)
     transformers.set_seed(job.config.seed)  # every rank: the same initial weights where the model initialises any
     model = job.load_model(runtime)
     callback: TrainingCallback = TrainingCallback()

@@ -35,7 +35,7 @@ from ftlab.training.checkpoint import (
     save_sharded_training_state,
     save_training_state,
 )
-from ftlab.training.distributed import SINGLE, Parallel, evaluate_sharded, to_float
+from ftlab.training.distributed import SINGLE, Parallel, to_float
 from ftlab.training.metrics import count_label_tokens, evaluate, perplexity
 from ftlab.training.optim import build_optimizer, build_scheduler, warmup_steps_for
 from ftlab.training.runtime import Runtime, peak_memory_mb
@@ -122,24 +122,19 @@ def _epoch_order(seed: int, epoch: int, n_blocks: int, device: torch.device) -> 
 
 
 def _step_batches(
-    seed: int,
-    first_step: int,
-    total_steps: int,
-    steps_per_epoch: int,
-    per_step: int,
-    n_blocks: int,
-    device: torch.device,
+    config: TrainConfig, first_step: int, total_steps: int, steps_per_epoch: int, n_blocks: int, device: torch.device
 ) -> Iterator[tuple[int, torch.Tensor]]:
-    """(optimizer step, indices of its ``per_step`` blocks) for steps ``first_step``..``total_steps``.
+    """(optimizer step, indices of its ``total_train_batch_size`` blocks) for steps ``first_step``..``total_steps``.
 
     Each epoch visits the blocks in its own order, a pure function of (seed, epoch): a resumed run continues with
     exactly the batches it missed.
     """
+    per_step = config.total_train_batch_size
     order = None
     for step in range(first_step, total_steps + 1):
         epoch, position = divmod(step - 1, steps_per_epoch)
         if position == 0 or order is None:
-            order = _epoch_order(seed, epoch, n_blocks, device)
+            order = _epoch_order(config.seed, epoch, n_blocks, device)
         yield step, order[position * per_step : (position + 1) * per_step]
 
 
@@ -180,9 +175,7 @@ def _initial_state(
     state = TrainState(model, optimizer, scheduler, device)
     if parallel.active:
         load_sharded_training_state(state, resume_from, parallel)
-        return state
-    resumed = load_training_state(resume_from)
-    if resumed is not None:
+    elif (resumed := load_training_state(resume_from)) is not None:
         state.load_state_dict(resumed)
     return state
 
@@ -281,15 +274,7 @@ def train(
 
     # Per step, not worth a broadcast: on rank 0 only, and if it raises, the launcher ends the group.
     on_step_begin = (callback if parallel.is_main else TrainingCallback()).on_step_begin
-    batches = _step_batches(
-        config.seed,
-        state.step + 1,
-        total_steps,
-        steps_per_epoch,
-        config.total_train_batch_size,
-        train_blocks.size(0),
-        device,
-    )
+    batches = _step_batches(config, state.step + 1, total_steps, steps_per_epoch, train_blocks.size(0), device)
     for step, step_blocks in batches:
         on_step_begin(step)
         step_indices = parallel.rank_share(step_blocks)
@@ -388,9 +373,8 @@ def _evaluate(
     """(eval loss, tokens scored) over all of ``blocks`` (the validation or the holdout split), shared out among the
     ranks if there are several."""
     batch_size = config.per_device_eval_batch_size
-    if parallel.active:
-        return evaluate_sharded(model, blocks, batch_size, runtime.device, runtime.autocast(), parallel)
-    return evaluate(model, blocks, batch_size, runtime.device, runtime.autocast())
+    forward = parallel.unwrap(model)  # DDP's hooks are for training
+    return evaluate(forward, blocks, batch_size, runtime.device, runtime.autocast(), parallel.rank, parallel.world_size)
 
 
 def _on_holdout(

@@ -24,9 +24,8 @@ T = TypeVar("T")
 class OomRetry:
     """One retry after running out of memory: what changed so far, and the settings the next attempt runs with."""
 
-    history: tuple[
-        str, ...
-    ]  # every change so far, oldest first, as "micro×accumulation->micro×accumulation": "4x2->2x4"
+    # every change so far, oldest first, as "micro×accumulation->micro×accumulation": "4x2->2x4"
+    history: tuple[str, ...]
     config: TrainConfig
     error: str  # the first line of the out-of-memory error
 
@@ -37,10 +36,6 @@ class OutOfMemoryAtBatchOneError(RuntimeError):
     def __init__(self, error: str) -> None:
         super().__init__(f"out of memory even at per_device_train_batch_size=1: {error}")
         self.error = error
-
-
-def _first_line(error: BaseException) -> str:
-    return str(error).splitlines()[0] if str(error) else "CUDA out of memory"
 
 
 def with_oom_retry(
@@ -67,7 +62,7 @@ def with_oom_retry(
         try:
             return attempt(config)
         except torch.cuda.OutOfMemoryError as error:
-            message = _first_line(error)
+            message = str(error).splitlines()[0] if str(error) else "CUDA out of memory"
         # Free the failed attempt here, outside the except block, whose traceback pins its tensors.
         gc.collect()
         if torch.cuda.is_available():
