@@ -74,7 +74,6 @@ def verdict_tags_and_metrics(found: dict[str, Any]) -> tuple[dict[str, str], dic
         for key in ("mean", "ci_low", "ci_high"):
             if summary.get(key) is not None:
                 metrics[f"{prefix}/{key}"] = float(summary[key])
-        for key in ("mean", "ci_low", "ci_high"):
             if against.get(key) is not None:
                 metrics[f"{prefix}/vs_baseline_{key}"] = float(against[key])
         if row.get("baseline"):
