@@ -282,10 +282,8 @@ class Confirmation:
         """The configuration with the best confirmed mean (not its luckiest seed) among those with a finite result on
         every planned seed: one that diverged or has seeds missing cannot win. The baseline excepted."""
         others = [row for row in self.rows if not row.candidate.baseline and row.seeds.shortfall is None]
-        if not others:
-            return None
         sign = 1 if self.direction == "minimize" else -1
-        return min(others, key=lambda row: sign * row.summary.mean)
+        return min(others, key=lambda row: sign * row.summary.mean, default=None)
 
     def method(self) -> str:
         family = self.families[0]
