@@ -97,9 +97,9 @@ def candidates(study: optuna.Study, top: int) -> list[Candidate]:
         )
     first = (study.metric_names or ["the objective"])[0]
     sign = 1 if study.directions[0] == optuna.study.StudyDirection.MINIMIZE else -1
-    completed = sorted(study.get_trials(states=(TrialState.COMPLETE,)), key=lambda item: sign * item.values[0])
     front = {trial.number for trial in pareto_front(study)} if len(study.directions) > 1 else set()
-    ranked = [trial for trial in completed if trial.number in front] + [t for t in completed if t.number not in front]
+    completed = study.get_trials(states=(TrialState.COMPLETE,))
+    ranked = sorted(completed, key=lambda item: (item.number not in front, sign * item.values[0]))
     chosen: list[Candidate] = [Candidate(baseline.number, dict(baseline.params), True, "the sweep's baseline")]
     for trial in ranked:
         if len(chosen) > top:
@@ -282,10 +282,8 @@ class Confirmation:
         """The configuration with the best confirmed mean (not its luckiest seed) among those with a finite result on
         every planned seed: one that diverged or has seeds missing cannot win. The baseline excepted."""
         others = [row for row in self.rows if not row.candidate.baseline and row.seeds.shortfall is None]
-        if not others:
-            return None
         sign = 1 if self.direction == "minimize" else -1
-        return min(others, key=lambda row: sign * row.summary.mean)
+        return min(others, key=lambda row: sign * row.summary.mean, default=None)
 
     def method(self) -> str:
         family = self.families[0]
@@ -512,15 +510,14 @@ def confirmation(study: optuna.Study, metrics: str | Sequence[str]) -> Confirmat
         number: {seed: results[(number, seed)] for seed in seeds if (number, seed) in results} for number in numbers
     }
     directions = [direction.name.lower() for direction in study.directions]
-    correction, min_effect = plan.get("correction", DEFAULT_CORRECTION), plan.get("min_effect")
     families = [
         compare_many_to_baseline(
             [{seed: values[index] for seed, values in by_config[number].items()} for number in numbers[1:]],
             {seed: values[index] for seed, values in by_config[numbers[0]].items()},
             directions[index],  # type: ignore[arg-type]
             planned_seeds=seeds,
-            correction=correction,
-            min_effect=min_effect,
+            correction=plan.get("correction", DEFAULT_CORRECTION),
+            min_effect=plan.get("min_effect"),
         )
         for index in range(len(metrics))
     ]

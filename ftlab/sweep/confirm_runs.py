@@ -31,7 +31,6 @@ ROLE = "confirm"
 
 def confirm_parent_run(sweep: SweepConfig, confirm: SweepConfig, sweep_file: Path, storage_url: str) -> ParentRun:
     """The "confirm" parent run of ``sweep``'s confirmation study (``confirm``: its config)."""
-    metric = sweep.objectives[0].metric
     return ParentRun(
         name=PARENT_RUN_NAME,
         tags=lambda study: {
@@ -43,7 +42,7 @@ def confirm_parent_run(sweep: SweepConfig, confirm: SweepConfig, sweep_file: Pat
             SOURCE_TAG: f"ftlab confirm {sweep_file}",
             DESCRIPTION_TAG: _description(sweep.name, None),
         },
-        show=lambda study, uri, run_id: show_verdict(study, sweep.name, metric, uri, run_id),
+        show=lambda study, uri, run_id: show_verdict(study, sweep.name, sweep.objectives[0].metric, uri, run_id),
     )
 
 
@@ -74,7 +73,6 @@ def verdict_tags_and_metrics(found: dict[str, Any]) -> tuple[dict[str, str], dic
         for key in ("mean", "ci_low", "ci_high"):
             if summary.get(key) is not None:
                 metrics[f"{prefix}/{key}"] = float(summary[key])
-        for key in ("mean", "ci_low", "ci_high"):
             if against.get(key) is not None:
                 metrics[f"{prefix}/vs_baseline_{key}"] = float(against[key])
         if row.get("baseline"):

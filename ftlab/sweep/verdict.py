@@ -107,7 +107,6 @@ def _verdict(low: float, high: float, direction: Direction) -> str:
 # --- several configurations against the one baseline ----------------------------------------------------------------
 
 Correction = Literal["dunnett", "holm", "paired"]
-CORRECTIONS: tuple[Correction, ...] = ("dunnett", "holm", "paired")
 METHODS: dict[Correction, str] = {
     "dunnett": "Dunnett's many-to-one test (single step; one pooled variance: assumes equal seed spread everywhere)",
     "holm": "Welch's t-test per configuration, p-values Holm-corrected; intervals Bonferroni-corrected",
@@ -120,16 +119,6 @@ DUNNETT_RNG_SEED = 0  # scipy integrates Dunnett's distribution by quasi-Monte C
 SeedResults = Mapping[int, float]
 """One configuration's results: training seed → objective. A diverged seed is in it with a non-finite value (NaN,
 ±inf); a seed that has no result (failed, not run yet) is not in it."""
-
-
-def incomplete(finished: int, planned: int) -> str:
-    """The verdict on a configuration that has results for only ``finished`` of its ``planned`` seeds."""
-    return f"incomplete: {finished} of {planned} seeds"
-
-
-def diverged(count: int, planned: int) -> str:
-    """The verdict on a configuration that diverged (a non-finite objective) on ``count`` of its ``planned`` seeds."""
-    return f"diverged: {count} of {planned} seeds"
 
 
 @dataclass(frozen=True)
@@ -145,9 +134,9 @@ class SeedCount:
         """Why this configuration cannot be called better or worse whatever its numbers say, or None."""
         words = []
         if self.diverged:
-            words.append(diverged(self.diverged, self.planned))
+            words.append(f"diverged: {self.diverged} of {self.planned} seeds")
         if self.finished < self.planned:
-            words.append(incomplete(self.finished, self.planned))
+            words.append(f"incomplete: {self.finished} of {self.planned} seeds")
         return "; ".join(words) or None
 
 
@@ -224,8 +213,8 @@ def compare_many_to_baseline(
     Raises:
         ValueError: an unknown correction or a negative min_effect.
     """
-    if correction not in CORRECTIONS:
-        raise ValueError(f"correction must be one of {', '.join(CORRECTIONS)}, got {correction!r}")
+    if correction not in METHODS:
+        raise ValueError(f"correction must be one of {', '.join(METHODS)}, got {correction!r}")
     if min_effect is not None and not min_effect >= 0:
         raise ValueError(f"min_effect is a relative difference (0.01 for 1 %) and cannot be negative, got {min_effect}")
     base = _finite(baseline)

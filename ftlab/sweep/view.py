@@ -46,24 +46,17 @@ class SweepView:
         self._headline = headline or self._best_against_baseline
         self._lock = threading.Lock()
         self._counts = state_counts(scheduler.study)
-        self._best_line = self._comparison_line()
-
-    def _comparison_line(self) -> str:
-        return self._headline(self.scheduler.study)
+        self._best_line = self._headline(scheduler.study)
 
     def _best_against_baseline(self, study: optuna.Study) -> str:
         comparison = compare(study, self.metric)
         return comparison.sentence() if comparison else "no completed trial yet"
 
-    def _objectives(self, values: list[float] | None) -> list[tuple[str, float]]:
-        """(metric, value) of each of the sweep's objectives."""
-        return [(o.metric, v) for o, v in zip(self.scheduler.sweep.objectives, values or [], strict=False)]
-
     def on_event(self, event: TrialEvent) -> None:
         with self._lock:
             self._counts = state_counts(self.scheduler.study)
             if event.kind == "COMPLETE":
-                self._best_line = self._comparison_line()
+                self._best_line = self._headline(self.scheduler.study)
         if not self.live:
             # Not markup: a failure's detail quotes other programs (gloo's ``[/path/pair.cc:553]``), params quote
             # users' choices.
@@ -75,7 +68,10 @@ class SweepView:
             return f"{label} started: {_short(event.params)}"
         record = event.record
         if record is not None and record.state == "COMPLETE":
-            objectives = ", ".join(f"{metric} {value:.4f}" for metric, value in self._objectives(record.values))
+            objectives = ", ".join(
+                f"{objective.metric} {value:.4f}"
+                for objective, value in zip(self.scheduler.sweep.objectives, record.values or [], strict=False)
+            )
             return f"{label} COMPLETE: {objectives} in {record.seconds:.1f} s | {self._best_line}"
         return f"{label} {record.outcome}: {record.detail}" if record else f"{label} {event.kind}"
 
