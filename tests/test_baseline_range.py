@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 
 import optuna
+import pytest
 
 from ftlab.config import load_sweep
 from ftlab.settings import resolve_train_config
@@ -17,6 +18,7 @@ from tests.support.sweeps import SMALL_SWEEP, write_sweep
 OUTSIDE = {**SMALL_SWEEP["search"], "learning_rate": {"type": "float", "low": 2e-3, "high": 1e-2, "log": True}}
 
 
+@pytest.mark.integration
 def test_validate_warns_once_naming_the_key_the_value_and_the_range(tmp_path: Path) -> None:
     sweep = write_sweep(tmp_path, search=OUTSIDE)  # the baseline's learning_rate is 1e-3
     checked = run_ftlab("validate", "--schema-only", str(sweep), cwd=tmp_path, timeout=300)
@@ -41,6 +43,7 @@ def test_the_baseline_trial_samples_without_optunas_warning(tmp_path: Path) -> N
     assert not [str(warning.message) for warning in caught]
 
 
+@pytest.mark.integration
 def test_a_baseline_outside_its_choices_is_refused_by_validate_and_sweep_creates_nothing(tmp_path: Path) -> None:
     choices = {**SMALL_SWEEP["search"], "learning_rate": {"choices": [1e-4, 3e-4]}}  # the baseline's is 1e-3
     sweep = write_sweep(tmp_path, search=choices)

@@ -58,6 +58,7 @@ def created(folder: Path) -> set[str]:
     ],
     ids=lambda value: " ".join(value) if isinstance(value, tuple) else "",
 )
+@pytest.mark.integration
 def test_a_bad_option_value_is_exit_2_naming_it_and_creates_nothing(
     tmp_path: Path, args: tuple[str, ...], expected: str
 ) -> None:
@@ -69,6 +70,7 @@ def test_a_bad_option_value_is_exit_2_naming_it_and_creates_nothing(
     assert created(tmp_path) == set(), "nothing is created"
 
 
+@pytest.mark.integration
 def test_ui_on_a_busy_port_is_exit_2_with_one_clear_line(tmp_path: Path) -> None:
     (tmp_path / "mlruns").mkdir()
     (tmp_path / "mlruns" / "mlflow.db").write_bytes(b"")

@@ -253,6 +253,7 @@ def test_a_changed_sweep_file_is_refused_without_an_option_confirm_lacks() -> No
     assert "s-confirm" in message and "num_train_epochs" in message and "--accept-changes" not in message
 
 
+@pytest.mark.integration
 def test_ftlab_confirm_refuses_a_sweep_file_changed_after_the_sweep(tmp_path: Path) -> None:
     from ftlab.demo import load_sweep_with_assets
     from ftlab.settings import resolve_train_config
@@ -364,6 +365,7 @@ def test_a_holdout_the_sweep_may_have_trained_on_is_refused() -> None:
     assert changed in str(refused.value) and "new `name:`" in str(refused.value)
 
 
+@pytest.mark.integration
 def test_ftlab_confirm_refuses_a_holdout_changed_after_the_sweep_with_exit_code_2(tmp_path: Path) -> None:
     from ftlab.demo import load_sweep_with_assets
     from ftlab.settings import resolve_train_config

@@ -64,6 +64,7 @@ def _wait_until_training(folder: Path, process: subprocess.Popen[str]) -> None:
 
 # While starting (imports, the study), while the trial process loads, and once the first trial is training.
 @pytest.mark.parametrize("moment", [0.3, 1.0, "training"])
+@pytest.mark.integration
 def test_ctrl_c_in_the_first_seconds_exits_130_in_one_line(tmp_path: Path, moment: float | str) -> None:
     write_sweep(tmp_path, budget={"n_trials": 1})
     process = start_sweep(tmp_path)
@@ -80,6 +81,7 @@ def test_ctrl_c_in_the_first_seconds_exits_130_in_one_line(tmp_path: Path, momen
     assert_nothing_left(process.pid)
 
 
+@pytest.mark.integration
 def test_a_refused_sweep_leaves_no_fork_server_importing(tmp_path: Path) -> None:
     # Refused after the trial server started (it starts before the data is checked), while it still imports torch.
     sweep = write_sweep(tmp_path)

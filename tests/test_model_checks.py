@@ -80,6 +80,7 @@ def test_a_corrupt_config_json(demo_model: Path, tmp_path: Path, config: str) ->
     assert "Fix: restore the folder's config.json" in problem
 
 
+@pytest.mark.integration
 def test_validate_and_train_refuse_a_model_without_tokenizer_with_exit_2(demo_model: Path, tmp_path: Path) -> None:
     model = broken_copy(demo_model, tmp_path, remove=("tokenizer.json", "tokenizer_config.json"))
     write_sweep(tmp_path, model={"name_or_path": str(model)})
