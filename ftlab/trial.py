@@ -89,11 +89,6 @@ def trial_params(sweep: SweepConfig, train_config: TrainConfig, with_sweep_setti
     return params
 
 
-def _sharded(resume_from: Path | None) -> Path | None:
-    """A retried trial's predecessor's sharded checkpoint, beside where its single-process one would be."""
-    return Path(resume_from).with_name(paths.SHARDED_CHECKPOINT_DIR) if resume_from is not None else None
-
-
 def run_trial(
     sweep: SweepConfig,
     train_config: TrainConfig,
@@ -161,7 +156,8 @@ def run_trial(
                 runtime=runtime,
                 best_model_dir=trial_dir / "best",
                 checkpoint_path=trial_dir / paths.SHARDED_CHECKPOINT_DIR,
-                resume_from=_sharded(resume_from),
+                # A retried trial's predecessor's sharded checkpoint, beside where its single-process one would be.
+                resume_from=resume_from.with_name(paths.SHARDED_CHECKPOINT_DIR) if resume_from else None,
                 final_model_dir=trial_dir / "final",
                 cpu_threads=torch.get_num_threads(),
                 holdout_blocks=holdout_blocks,
