@@ -80,8 +80,7 @@ def trial_params(sweep: SweepConfig, train_config: TrainConfig, with_sweep_setti
     """
     unused = {"warmup_ratio" if train_config.warmup_steps > 0 else "warmup_steps"}
     unused.add("num_train_epochs" if train_config.max_steps > 0 else "max_steps")
-    settings = {key: value for key, value in train_config.model_dump().items() if value is not None}
-    params = flatten({key: value for key, value in settings.items() if key not in unused})
+    params = flatten(train_config.model_dump(exclude=unused, exclude_none=True))
     params["total_train_batch_size"] = str(train_config.total_train_batch_size)
     if with_sweep_settings:
         params.update(flatten(sweep.model.model_dump(), "model."))
