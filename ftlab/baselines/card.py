@@ -86,8 +86,7 @@ class CardBaseline(BaseModel):
         Returns:
             A mapping ready for ``TrainConfig(**settings)``.
         """
-        values = {name: getattr(self, name) for name in type(self).model_fields if name in TRAIN_KEYS}
-        return {name: value for name, value in values.items() if value is not None}
+        return self.model_dump(include=TRAIN_KEYS, exclude_none=True)
 
     def as_json(self) -> dict[str, Any]:
         """The baseline as a JSON-ready mapping: settings, effective batch, base model, results, warnings, source.
@@ -95,10 +94,8 @@ class CardBaseline(BaseModel):
         Of ``warmup_ratio``/``warmup_steps`` and of ``num_train_epochs``/``max_steps`` only the one the card states
         appears; the results are ``null`` where the card reports none.
         """
-        shown = {name: getattr(self, name) for name in type(self).model_fields if name not in _NOT_IN_JSON}
-        data = {name: value for name, value in shown.items() if value is not None or name not in _JSON_IF_STATED}
-        data["warnings"] = list(self.warnings)  # a copy: the last field, so its place stays
-        return data
+        shown = self.model_dump(exclude=_NOT_IN_JSON)  # new containers: the caller may change them
+        return {name: value for name, value in shown.items() if value is not None or name not in _JSON_IF_STATED}
 
 
 def load_card(path: str | Path) -> CardBaseline:
