@@ -260,17 +260,13 @@ def _evaluation_list(body: str) -> dict[str, str]:
     return _list_items(block.group(0) if block else "")
 
 
-def _result(key: str, raw: str, source: str) -> float | None:
-    """A reported metric; Trainer writes "No log" when nothing was logged yet."""
-    return None if raw.strip().lower() == "no log" else number(key, raw, source)
-
-
 def _named_results(items: dict[str, str], names: dict[str, str], source: str) -> dict[str, float | None]:
     found: dict[str, float | None] = {}
     for key, raw in items.items():
         name = names.get(key.lower())
         if name is not None:
-            found[name] = _result(key, raw, source)
+            # Trainer writes "No log" when nothing was logged yet.
+            found[name] = None if raw.strip().lower() == "no log" else number(key, raw, source)
     return found
 
 
@@ -302,16 +298,9 @@ def _fill_totals(fields: dict[str, Any]) -> None:
 
 
 def _consistency_warnings(fields: dict[str, Any]) -> list[str]:
-    return [
-        warning
-        for warning in (
-            _train_batch_warning(fields),
-            _eval_batch_warning(fields),
-            _devices_warning(fields),
-            _perplexity_warning(fields),
-        )
-        if warning
-    ]
+    checks = (_train_batch_warning, _eval_batch_warning, _devices_warning, _perplexity_warning)
+    warnings = [check(fields) for check in checks]
+    return [warning for warning in warnings if warning]
 
 
 def _train_batch_warning(fields: dict[str, Any]) -> str | None:
