@@ -86,7 +86,7 @@ class CardBaseline(BaseModel):
         Returns:
             A mapping ready for ``TrainConfig(**settings)``.
         """
-        return self.model_dump(include=TRAIN_KEYS, exclude_none=True)
+        return self.model_dump(include=set(TRAIN_KEYS), exclude_none=True)
 
     def as_json(self) -> dict[str, Any]:
         """The baseline as a JSON-ready mapping: settings, effective batch, base model, results, warnings, source.
@@ -94,7 +94,7 @@ class CardBaseline(BaseModel):
         Of ``warmup_ratio``/``warmup_steps`` and of ``num_train_epochs``/``max_steps`` only the one the card states
         appears; the results are ``null`` where the card reports none.
         """
-        shown = self.model_dump(exclude=_NOT_IN_JSON)  # new containers: the caller may change them
+        shown = self.model_dump(exclude=set(_NOT_IN_JSON))  # new containers: the caller may change them
         return {name: value for name, value in shown.items() if value is not None or name not in _JSON_IF_STATED}
 
 
