@@ -59,19 +59,11 @@ def _space_errno(error: BaseException | None) -> int | None:
     return None
 
 
-def _mount_point(path: Path) -> Path:
-    path = path.resolve()
-    while not path.is_mount():
-        path = path.parent
-    return path
-
-
 def no_space_error(error: BaseException, target: Path, what: str | None = None) -> NoSpaceError | None:
     """``error`` named for a person, when it was the disk, a quota or the file-size limit; else None."""
     code = _space_errno(error)
     if code is None:
         return None
-    target = Path(target)
     writing = f"while writing {what + ' ' if what else ''}{target}"
     if code == errno.EFBIG:
         limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
@@ -79,7 +71,10 @@ def no_space_error(error: BaseException, target: Path, what: str | None = None) 
         return NoSpaceError(code, f"file too large {writing}: the file-size limit (ulimit -f) is {shown}")
     folder = target.parent if target.parent.exists() else Path.cwd()
     free = shutil.disk_usage(folder).free / 2**20
-    return NoSpaceError(code, f"no space left on {_mount_point(folder)} {writing} ({free:,.0f} MB free)")
+    mount = folder.resolve()
+    while not mount.is_mount():
+        mount = mount.parent
+    return NoSpaceError(code, f"no space left on {mount} {writing} ({free:,.0f} MB free)")
 
 
 @contextmanager

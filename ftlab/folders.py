@@ -58,17 +58,6 @@ def unwritable_reason(target: Path) -> str | None:
     return problem
 
 
-def check_can_create(target: Path, where: str, fix: str) -> None:
-    """Refuse a ``target`` that cannot be created (see :func:`unwritable_reason`).
-
-    Raises:
-        UserError: naming ``where``, the reason and ``fix``.
-    """
-    reason = unwritable_reason(target)
-    if reason is not None:
-        raise UserError.single(reason, where=where, fix=fix)
-
-
 @contextmanager
 def naming_write_errors(where: str, fix: str) -> Iterator[None]:
     """Turn a failed create or write that is about the path (permissions, a read-only mount, a file in the way) into

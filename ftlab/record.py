@@ -58,10 +58,6 @@ _METRIC_OF = {attr: name for name, attr in _STORED_AS.items()}
 _FINAL_PREFIX = "final/"
 
 
-def _stored_name(metric: str) -> str:
-    return _STORED_AS.get(metric, _FINAL_PREFIX + metric)
-
-
 def _metrics_in(attrs: dict[str, Any]) -> dict[str, float]:
     """The final metrics among a trial's user attributes, by metric name."""
     found = {}
@@ -125,7 +121,7 @@ class TrialRecord:
         if self.state == "FAIL":
             # LOST_ATTR only where set: a FAIL's attributes stay those earlier versions wrote.
             return {FAIL_REASON_ATTR: self.reason, STOPPED_ATTR: self.retry} | ({LOST_ATTR: True} if self.lost else {})
-        stored = {_stored_name(name): value for name, value in self.metrics.items()}
+        stored = {_STORED_AS.get(name, _FINAL_PREFIX + name): value for name, value in self.metrics.items()}
         return stored | {name: getattr(self, name) for name in _FACTS}
 
     @classmethod

@@ -14,11 +14,12 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import quote, urlparse
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.utils.async_logging.run_operations import RunOperations
 
 from ftlab import paths
 from ftlab.config import SweepConfig
@@ -151,10 +152,6 @@ def _ending_for(error: BaseException) -> tuple[str, str]:
     return "FAILED", f"{type(error).__name__}: {error}"
 
 
-class _Pending(Protocol):
-    def wait(self) -> None: ...
-
-
 class TrackedRun:
     """One MLflow run, addressed by id in every call; a context manager that ends it (see the module docstring).
 
@@ -169,7 +166,7 @@ class TrackedRun:
         self.run_id = run_id
         self.ending = ending
         self.ended = False
-        self._pending: list[_Pending] = []
+        self._pending: list[RunOperations] = []
 
     @classmethod
     def start(

@@ -80,18 +80,12 @@ def trial_params(sweep: SweepConfig, train_config: TrainConfig, with_sweep_setti
     """
     unused = {"warmup_ratio" if train_config.warmup_steps > 0 else "warmup_steps"}
     unused.add("num_train_epochs" if train_config.max_steps > 0 else "max_steps")
-    settings = {key: value for key, value in train_config.model_dump().items() if value is not None}
-    params = flatten({key: value for key, value in settings.items() if key not in unused})
+    params = flatten(train_config.model_dump(exclude=unused, exclude_none=True))
     params["total_train_batch_size"] = str(train_config.total_train_batch_size)
     if with_sweep_settings:
         params.update(flatten(sweep.model.model_dump(), "model."))
         params.update(flatten(sweep.data.model_dump(), "data."))
     return params
-
-
-def _sharded(resume_from: Path | None) -> Path | None:
-    """A retried trial's predecessor's sharded checkpoint, beside where its single-process one would be."""
-    return Path(resume_from).with_name(paths.SHARDED_CHECKPOINT_DIR) if resume_from is not None else None
 
 
 def run_trial(
@@ -161,7 +155,8 @@ def run_trial(
                 runtime=runtime,
                 best_model_dir=trial_dir / "best",
                 checkpoint_path=trial_dir / paths.SHARDED_CHECKPOINT_DIR,
-                resume_from=_sharded(resume_from),
+                # A retried trial's predecessor's sharded checkpoint, beside where its single-process one would be.
+                resume_from=resume_from.with_name(paths.SHARDED_CHECKPOINT_DIR) if resume_from else None,
                 final_model_dir=trial_dir / "final",
                 cpu_threads=torch.get_num_threads(),
                 holdout_blocks=holdout_blocks,

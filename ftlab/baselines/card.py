@@ -86,8 +86,7 @@ class CardBaseline(BaseModel):
         Returns:
             A mapping ready for ``TrainConfig(**settings)``.
         """
-        values = {name: getattr(self, name) for name in type(self).model_fields if name in TRAIN_KEYS}
-        return {name: value for name, value in values.items() if value is not None}
+        return self.model_dump(include=set(TRAIN_KEYS), exclude_none=True)
 
     def as_json(self) -> dict[str, Any]:
         """The baseline as a JSON-ready mapping: settings, effective batch, base model, results, warnings, source.
@@ -95,10 +94,8 @@ class CardBaseline(BaseModel):
         Of ``warmup_ratio``/``warmup_steps`` and of ``num_train_epochs``/``max_steps`` only the one the card states
         appears; the results are ``null`` where the card reports none.
         """
-        shown = {name: getattr(self, name) for name in type(self).model_fields if name not in _NOT_IN_JSON}
-        data = {name: value for name, value in shown.items() if value is not None or name not in _JSON_IF_STATED}
-        data["warnings"] = list(self.warnings)  # a copy: the last field, so its place stays
-        return data
+        shown = self.model_dump(exclude=set(_NOT_IN_JSON))  # new containers: the caller may change them
+        return {name: value for name, value in shown.items() if value is not None or name not in _JSON_IF_STATED}
 
 
 def load_card(path: str | Path) -> CardBaseline:
@@ -263,17 +260,13 @@ def _evaluation_list(body: str) -> dict[str, str]:
     return _list_items(block.group(0) if block else "")
 
 
-def _result(key: str, raw: str, source: str) -> float | None:
-    """A reported metric; Trainer writes "No log" when nothing was logged yet."""
-    return None if raw.strip().lower() == "no log" else number(key, raw, source)
-
-
 def _named_results(items: dict[str, str], names: dict[str, str], source: str) -> dict[str, float | None]:
     found: dict[str, float | None] = {}
     for key, raw in items.items():
         name = names.get(key.lower())
         if name is not None:
-            found[name] = _result(key, raw, source)
+            # Trainer writes "No log" when nothing was logged yet.
+            found[name] = None if raw.strip().lower() == "no log" else number(key, raw, source)
     return found
 
 
@@ -305,16 +298,9 @@ def _fill_totals(fields: dict[str, Any]) -> None:
 
 
 def _consistency_warnings(fields: dict[str, Any]) -> list[str]:
-    return [
-        warning
-        for warning in (
-            _train_batch_warning(fields),
-            _eval_batch_warning(fields),
-            _devices_warning(fields),
-            _perplexity_warning(fields),
-        )
-        if warning
-    ]
+    checks = (_train_batch_warning, _eval_batch_warning, _devices_warning, _perplexity_warning)
+    warnings = [check(fields) for check in checks]
+    return [warning for warning in warnings if warning]
 
 
 def _train_batch_warning(fields: dict[str, Any]) -> str | None:

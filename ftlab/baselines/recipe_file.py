@@ -14,7 +14,7 @@ import yaml
 from ftlab.baselines.card import CardBaseline
 from ftlab.errors import UserError
 from ftlab.fileio import atomic_write_text
-from ftlab.folders import check_can_create, naming_write_errors
+from ftlab.folders import naming_write_errors, unwritable_reason
 
 HEADER_START = "# Baseline recipe read from "
 _HEADER_END = " by `ftlab baseline from-card`."
@@ -45,7 +45,8 @@ def check_output(output: Path, card: Path) -> None:
             where=where,
             fix="choose a new file name, or remove the file yourself first",
         )
-    check_can_create(output, where, fix="choose a path in a folder you can write in")
+    if (reason := unwritable_reason(output)) is not None:
+        raise UserError.single(reason, where=where, fix="choose a path in a folder you can write in")
 
 
 def write_recipe(output: Path, card: Path, baseline: CardBaseline) -> None:

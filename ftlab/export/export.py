@@ -46,8 +46,6 @@ _MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "m
 @dataclass
 class ExportResult:
     out_dir: Path
-    trial_number: int
-    recorded_eval_loss: float
     measured_eval_loss: float
     weights_from: str
     registered: str | None  # "NAME version N (alias champion)"
@@ -211,4 +209,4 @@ def export_best(
     registered = None
     if register:
         registered = register_model(uri, winner, out_dir, register, measured, confirmation)
-    return ExportResult(out_dir, winner.best.number, recorded, measured, weights_from, registered)
+    return ExportResult(out_dir, measured, weights_from, registered)

@@ -92,12 +92,6 @@ def _log_model(tracking_uri: str, run_id: str, export_dir: Path, name: str) -> s
     return str(logged.registered_model_version)
 
 
-def _gain_text(winner: Comparison) -> str:
-    if winner.gain is None or winner.gain.relative is None or winner.baseline is None:
-        return ""
-    return f", {winner.gain.relative:+.1%} against the baseline (trial {winner.baseline.number})"
-
-
 def _model_description(winner: Comparison, trial_tags: dict[str, str]) -> str:
     study = trial_tags.get("optuna.study_name", "?")
     return (
@@ -121,7 +115,9 @@ def _description(winner: Comparison, measured: float, confirmation: dict[str, An
     record = winner.best
     settings = ", ".join(f"{key}={value}" for key, value in record.params.items())
     figure = f"{winner.metric} {winner.best_value:.4f}"
-    text = f"Trial {record.number} of an ftlab sweep: {figure} (re-measured {measured:.4f}){_gain_text(winner)}"
+    text = f"Trial {record.number} of an ftlab sweep: {figure} (re-measured {measured:.4f})"
+    if winner.gain is not None and winner.gain.relative is not None and winner.baseline is not None:
+        text += f", {winner.gain.relative:+.1%} against the baseline (trial {winner.baseline.number})"
     text += f". Settings: {settings}."
     if confirmation is not None:
         text += f"\n\nConfirmation over new seeds: {confirmation.get('sentence', '')}."
