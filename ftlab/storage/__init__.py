@@ -19,10 +19,10 @@ from optuna.storages import BaseStorage
 from ftlab import paths
 from ftlab.config import StorageConfig, SweepConfig
 from ftlab.errors import ConfigError, redact_url
-from ftlab.storage._base import BaseStorageBackend, StaleTrialCallback, StudyMutex
-from ftlab.storage._grpc import GrpcBackend, HeartbeatGrpcStorageProxy, is_transient_grpc_error
-from ftlab.storage._heartbeat import HEARTBEAT_ATTR, SystemAttrHeartbeat
-from ftlab.storage._journal import HeartbeatJournalStorage, JournalBackend
+from ftlab.storage._base import BaseStorageBackend, StaleTrialCallback
+from ftlab.storage._grpc import GrpcBackend
+from ftlab.storage._heartbeat import SystemAttrHeartbeat
+from ftlab.storage._journal import JournalBackend
 from ftlab.storage._rdb import RDBBackend
 from ftlab.storage._resilience import (
     RECONNECT_TIMEOUT_S,
@@ -35,20 +35,15 @@ from ftlab.storage._sqlite import SQLiteBackend, sqlite_file
 
 __all__ = [
     "BACKENDS",
-    "HEARTBEAT_ATTR",
     "RECONNECT_TIMEOUT_S",
     "BaseStorageBackend",
-    "HeartbeatGrpcStorageProxy",
-    "HeartbeatJournalStorage",
     "RetryingStorage",
     "StaleTrialCallback",
     "StudyLock",
-    "StudyMutex",
     "SystemAttrHeartbeat",
     "backend_for",
     "is_concurrent_schema_creation",
     "is_connection_loss",
-    "is_transient_grpc_error",
     "open_storage",
     "retry_on_connection_loss",
     "sqlite_file",

@@ -32,16 +32,17 @@ class SystemAttrHeartbeat(BaseHeartbeat):
     """
 
     clock: Callable[[], float] = time.time  # a builtin: stays a plain function as a class attribute, not a method
-    _heartbeat_interval: int | None = None
-    _grace_period: int | None = None
+    # Named as RDBStorage's: seconds between beats and without one; both None while heartbeats are off.
+    heartbeat_interval: int | None = None
+    grace_period: int | None = None
     _stale_trial_callback: StaleTrialCallback | None = None
 
     def configure_heartbeat(self, config: StorageConfig | None, callback: StaleTrialCallback | None = None) -> Self:
         """Turn heartbeats on as ``config`` says (left off without one): beats every ``heartbeat_interval`` s, stale
         after ``grace_period`` s (default 2 intervals). Returns this storage."""
         if config is not None:
-            self._heartbeat_interval = config.heartbeat_interval
-            self._grace_period = config.grace_period or 2 * config.heartbeat_interval
+            self.heartbeat_interval = config.heartbeat_interval
+            self.grace_period = config.grace_period or 2 * config.heartbeat_interval
             self._stale_trial_callback = callback
         return self
 
@@ -51,12 +52,12 @@ class SystemAttrHeartbeat(BaseHeartbeat):
             self._storage().set_trial_system_attr(trial_id, HEARTBEAT_ATTR, self.clock())
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        assert self._grace_period is not None
+        assert self.grace_period is not None
         now = self.clock()
         return [
             trial._trial_id
             for trial in self._running(study_id)
-            if HEARTBEAT_ATTR in trial.system_attrs and now - trial.system_attrs[HEARTBEAT_ATTR] > self._grace_period
+            if HEARTBEAT_ATTR in trial.system_attrs and now - trial.system_attrs[HEARTBEAT_ATTR] > self.grace_period
         ]
 
     def _running(self, study_id: int) -> list[FrozenTrial]:
@@ -67,17 +68,13 @@ class SystemAttrHeartbeat(BaseHeartbeat):
         return self
 
     def get_heartbeat_interval(self) -> int | None:
-        return self._heartbeat_interval
+        return self.heartbeat_interval
 
     def get_heartbeat_stale_trial_callback(self) -> StaleTrialCallback | None:
         return self._stale_trial_callback
 
     def running_without_heartbeat(self, study_id: int) -> list[int]:
         """Ids of RUNNING trials that never recorded a beat (empty while heartbeats are off)."""
-        if self._heartbeat_interval is None:
+        if self.heartbeat_interval is None:
             return []
         return [trial._trial_id for trial in self._running(study_id) if HEARTBEAT_ATTR not in trial.system_attrs]
-
-    def grace_period(self) -> float | None:
-        """Seconds without a beat after which a running trial counts as dead; None while heartbeats are off."""
-        return None if self._heartbeat_interval is None else float(self._grace_period or 0)

@@ -115,9 +115,7 @@ def stale_trial_ids(study: optuna.Study) -> list[int]:
 def grace_period_of(study: optuna.Study) -> float | None:
     """Seconds without a heartbeat after which a running trial counts as dead; None without heartbeats."""
     storage = storage_of(study)
-    if isinstance(storage, SystemAttrHeartbeat):
-        return storage.grace_period()
-    backend = rdb_backend(study)
+    backend = storage if isinstance(storage, SystemAttrHeartbeat) else rdb_backend(study)
     if backend is None or backend.heartbeat_interval is None:
         return None
     return float(backend.grace_period or 2 * backend.heartbeat_interval)

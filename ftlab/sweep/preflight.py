@@ -19,14 +19,15 @@ import os
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 from ftlab.config import SweepConfig, TrainConfig
 from ftlab.errors import ConfigError, Problem, UserError, first_line, redact_url
 from ftlab.folders import folder_problem
 from ftlab.settings import resolve_train_config
-from ftlab.storage import backend_for
-from ftlab.sweep.space import baseline_point, reachable_configs
+from ftlab.storage import backend_for, sqlite_file
+from ftlab.sweep.space import baseline_outside_ranges, baseline_point, reachable_configs
 from ftlab.tracking import local_artifact_root
 
 CONNECT_TIMEOUT_S = 5
@@ -147,9 +148,7 @@ def data_check(
 
 def _located(problem: Problem, source: str) -> Problem:
     where = problem.where or "data"
-    return Problem(
-        problem.message, where if where.startswith(source) else f"{source}:{where}", problem.value, problem.fix
-    )
+    return replace(problem, where=where if where.startswith(source) else f"{source}:{where}")
 
 
 # --- the services ----------------------------------------------------------------------------------------------------
@@ -160,7 +159,7 @@ def storage_problems(url: str, where: str) -> list[Problem]:
     try:
         backend = backend_for(url)
     except ConfigError as error:
-        return [Problem(problem.message, where, problem.value, problem.fix) for problem in error.problems]
+        return [replace(problem, where=where) for problem in error.problems]
     problem = backend.problem(url, CONNECT_TIMEOUT_S)
     return [] if problem is None else [Problem(redact_url(problem), where, redact_url(url), backend.fix)]
 
@@ -234,8 +233,6 @@ def _file_store_problems(uri: str, where: str) -> list[Problem]:
 def same_store_problems(storage_url: str | None, tracking_uri: str, where: str) -> list[Problem]:
     """The study and MLflow in one SQLite file: each would create its tables in the other's database (Optuna's and
     MLflow's schemas share table names), leaving it half made. Found before either is touched."""
-    from ftlab.storage import sqlite_file
-
     study_file = sqlite_file(storage_url) if storage_url else None
     tracking_file = sqlite_file(tracking_uri)
     if study_file is None or tracking_file is None:
@@ -283,8 +280,6 @@ def settings_problems(sweep: SweepConfig, sweep_dir: Path, source: str) -> tuple
 
 def settings_warnings(sweep: SweepConfig, sweep_dir: Path, source: str) -> list[str]:
     """What is allowed but probably not meant: a baseline outside its own search range."""
-    from ftlab.sweep.space import baseline_outside_ranges
-
     try:
         baseline = resolve_train_config(sweep, sweep_dir, source=source)
     except UserError:

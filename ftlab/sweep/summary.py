@@ -33,10 +33,8 @@ def gain(value: float, baseline: float, direction: StudyDirection) -> Gain:
 
 def baseline_trial(study: optuna.Study) -> FrozenTrial | None:
     """The enqueued baseline trial, if it completed."""
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if trial.user_attrs.get(BASELINE_ATTR):
-            return trial
-    return None
+    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return next((trial for trial in completed if trial.user_attrs.get(BASELINE_ATTR)), None)
 
 
 def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
