@@ -32,9 +32,8 @@ if _IMPORTING_HANDLED:
     signal.signal(signal.SIGINT, _interrupted_while_importing)
 from collections.abc import Iterator
 from contextlib import contextmanager
-from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn
 
 import typer
 from rich.console import Console
@@ -45,15 +44,6 @@ from ftlab.console import quiet_libraries
 from ftlab.errors import UserError, redact_url
 from ftlab.hints import shell_command
 from ftlab.interrupt import as_interrupt, raise_interrupt
-
-
-class CorrectionChoice(StrEnum):
-    """ftlab.sweep.verdict's corrections, named here so that `ftlab --help` does not import scipy."""
-
-    paired = "paired"
-    holm = "holm"
-    dunnett = "dunnett"
-
 
 if TYPE_CHECKING:
     from ftlab.launch.slurm_tasks import JobStatus
@@ -504,14 +494,15 @@ def confirm(
     top: Annotated[int, typer.Option("--top", help="Best configurations to confirm besides the baseline.", min=1)] = 3,
     seeds: Annotated[int, typer.Option("--seeds", help="New training seeds per configuration.", min=1)] = 5,
     correction: Annotated[
-        CorrectionChoice,
+        # ftlab.sweep.verdict's Correction, named here so that `ftlab --help` does not import scipy
+        Literal["paired", "holm", "dunnett"],
         typer.Option(
             "--correction",
             help="How the configurations are tested against the baseline at once: paired (t-test on the seeds each "
             "shares with the baseline, Holm-corrected; the default: a seed's data order is the same for all), holm "
             "(Welch's t-tests, Holm-corrected) or dunnett (Dunnett's many-to-one test, equal spreads assumed).",
         ),
-    ] = CorrectionChoice.paired,
+    ] = "paired",
     min_effect: Annotated[
         float | None,
         typer.Option(
@@ -531,14 +522,7 @@ def confirm(
     from ftlab.sweep.orchestrate import run_confirm
 
     with stops_cleanly():
-        found = run_confirm(
-            file,
-            options,
-            top=top,
-            seeds=seeds,
-            correction=correction,
-            min_effect=min_effect,  # type: ignore[arg-type]
-        )
+        found = run_confirm(file, options, top=top, seeds=seeds, correction=correction, min_effect=min_effect)
     _print_confirmation(found)
     if found is not None and not found.complete:
         raise typer.Exit(1)
