@@ -46,7 +46,6 @@ from ftlab.hints import shell_command
 from ftlab.interrupt import as_interrupt, raise_interrupt
 
 if TYPE_CHECKING:
-    from ftlab.launch.slurm_tasks import JobStatus
     from ftlab.sweep.confirm import Confirmation
     from ftlab.sweep.options import SweepOptions
 
@@ -559,7 +558,7 @@ def status(
     tracking_uri: TrackingUri = None,
 ) -> None:
     """Every trial's state, params, objective and duration, and the best against the baseline."""
-    from ftlab.launch.slurm_tasks import launched_jobs
+    from ftlab.launch.slurm_tasks import job_table, launched_jobs
     from ftlab.record import TrialRecord
     from ftlab.sweep.confirm import load_confirmation
     from ftlab.sweep.orchestrate import reap_sweep
@@ -595,23 +594,16 @@ def status(
             row.detail[:60],
         )
     console.print(table)
-    _print_slurm_jobs(jobs)
-    comparison = compare(study, metric)
-    console.print(comparison.sentence() if comparison else "no trial has completed yet")
-    if confirmed is not None:
-        _print_confirmation(confirmed)
-
-
-def _print_slurm_jobs(jobs: list[JobStatus]) -> None:
-    """The tasks of the jobs `ftlab launch slurm` submitted for this sweep, and trials left by tasks that died."""
-    from ftlab.launch.slurm_tasks import job_table
-
-    for job in jobs:
+    for job in jobs:  # the tasks of the jobs `ftlab launch slurm` submitted, and trials left by tasks that died
         console.print(job_table(job))
         for warning in job.warnings:
             err_console.print(
                 f"[bold yellow]warning:[/bold yellow] {escape(warning)}", highlight=False, soft_wrap=True, markup=True
             )
+    comparison = compare(study, metric)
+    console.print(comparison.sentence() if comparison else "no trial has completed yet")
+    if confirmed is not None:
+        _print_confirmation(confirmed)
 
 
 @app.command()
