@@ -820,19 +820,6 @@ def _exit_without_teardown(code: object) -> NoReturn:
     os._exit(code if isinstance(code, int) else 0 if code is None else 1)
 
 
-def _refused_write(error: BaseException) -> str | None:
-    """A write that a folder refused (read-only, permissions) or found no room for, as one line with the fix: the
-    last safety net of every command, after the checks each makes before it starts."""
-    from ftlab.fileio import NoSpaceError
-    from ftlab.folders import refused_write
-
-    if isinstance(error, NoSpaceError):
-        return f"{error}; make room (or raise `ulimit -f`) and run the command again"
-    if refused := refused_write(error):
-        return f"{refused}; make that folder writable for this user and run the command again"
-    return None
-
-
 def _run() -> None:
     try:
         app()
@@ -841,10 +828,17 @@ def _run() -> None:
         _print_error(str(error))
         sys.exit(2)
     except Exception as error:
+        from ftlab.fileio import NoSpaceError
+        from ftlab.folders import refused_write
         from ftlab.storage import RECONNECT_TIMEOUT_S, is_connection_loss
 
-        if (refused := _refused_write(error)) is not None:
-            _print_error(refused)
+        # A write that a folder refused (read-only, permissions) or found no room for, as one line with the fix: the
+        # last safety net of every command, after the checks each makes before it starts.
+        if isinstance(error, NoSpaceError):
+            _print_error(f"{error}; make room (or raise `ulimit -f`) and run the command again")
+            sys.exit(2)
+        if refused := refused_write(error):
+            _print_error(f"{refused}; make that folder writable for this user and run the command again")
             sys.exit(2)
         if not is_connection_loss(error):
             raise
