@@ -32,9 +32,8 @@ if _IMPORTING_HANDLED:
     signal.signal(signal.SIGINT, _interrupted_while_importing)
 from collections.abc import Iterator
 from contextlib import contextmanager
-from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn
 
 import typer
 from rich.console import Console
@@ -46,17 +45,7 @@ from ftlab.errors import UserError, redact_url
 from ftlab.hints import shell_command
 from ftlab.interrupt import as_interrupt, raise_interrupt
 
-
-class CorrectionChoice(StrEnum):
-    """ftlab.sweep.verdict's corrections, named here so that `ftlab --help` does not import scipy."""
-
-    paired = "paired"
-    holm = "holm"
-    dunnett = "dunnett"
-
-
 if TYPE_CHECKING:
-    from ftlab.launch.slurm_tasks import JobStatus
     from ftlab.sweep.confirm import Confirmation
     from ftlab.sweep.options import SweepOptions
 
@@ -504,14 +493,15 @@ def confirm(
     top: Annotated[int, typer.Option("--top", help="Best configurations to confirm besides the baseline.", min=1)] = 3,
     seeds: Annotated[int, typer.Option("--seeds", help="New training seeds per configuration.", min=1)] = 5,
     correction: Annotated[
-        CorrectionChoice,
+        # ftlab.sweep.verdict's Correction, named here so that `ftlab --help` does not import scipy
+        Literal["paired", "holm", "dunnett"],
         typer.Option(
             "--correction",
             help="How the configurations are tested against the baseline at once: paired (t-test on the seeds each "
             "shares with the baseline, Holm-corrected; the default: a seed's data order is the same for all), holm "
             "(Welch's t-tests, Holm-corrected) or dunnett (Dunnett's many-to-one test, equal spreads assumed).",
         ),
-    ] = CorrectionChoice.paired,
+    ] = "paired",
     min_effect: Annotated[
         float | None,
         typer.Option(
@@ -531,14 +521,7 @@ def confirm(
     from ftlab.sweep.orchestrate import run_confirm
 
     with stops_cleanly():
-        found = run_confirm(
-            file,
-            options,
-            top=top,
-            seeds=seeds,
-            correction=correction,
-            min_effect=min_effect,  # type: ignore[arg-type]
-        )
+        found = run_confirm(file, options, top=top, seeds=seeds, correction=correction, min_effect=min_effect)
     _print_confirmation(found)
     if found is not None and not found.complete:
         raise typer.Exit(1)
@@ -575,7 +558,7 @@ def status(
     tracking_uri: TrackingUri = None,
 ) -> None:
     """Every trial's state, params, objective and duration, and the best against the baseline."""
-    from ftlab.launch.slurm_tasks import launched_jobs
+    from ftlab.launch.slurm_tasks import job_table, launched_jobs
     from ftlab.record import TrialRecord
     from ftlab.sweep.confirm import load_confirmation
     from ftlab.sweep.orchestrate import reap_sweep
@@ -611,23 +594,16 @@ def status(
             row.detail[:60],
         )
     console.print(table)
-    _print_slurm_jobs(jobs)
-    comparison = compare(study, metric)
-    console.print(comparison.sentence() if comparison else "no trial has completed yet")
-    if confirmed is not None:
-        _print_confirmation(confirmed)
-
-
-def _print_slurm_jobs(jobs: list[JobStatus]) -> None:
-    """The tasks of the jobs `ftlab launch slurm` submitted for this sweep, and trials left by tasks that died."""
-    from ftlab.launch.slurm_tasks import job_table
-
-    for job in jobs:
+    for job in jobs:  # the tasks of the jobs `ftlab launch slurm` submitted, and trials left by tasks that died
         console.print(job_table(job))
         for warning in job.warnings:
             err_console.print(
                 f"[bold yellow]warning:[/bold yellow] {escape(warning)}", highlight=False, soft_wrap=True, markup=True
             )
+    comparison = compare(study, metric)
+    console.print(comparison.sentence() if comparison else "no trial has completed yet")
+    if confirmed is not None:
+        _print_confirmation(confirmed)
 
 
 @app.command()
@@ -844,19 +820,6 @@ def _exit_without_teardown(code: object) -> NoReturn:
     os._exit(code if isinstance(code, int) else 0 if code is None else 1)
 
 
-def _refused_write(error: BaseException) -> str | None:
-    """A write that a folder refused (read-only, permissions) or found no room for, as one line with the fix: the
-    last safety net of every command, after the checks each makes before it starts."""
-    from ftlab.fileio import NoSpaceError
-    from ftlab.folders import refused_write
-
-    if isinstance(error, NoSpaceError):
-        return f"{error}; make room (or raise `ulimit -f`) and run the command again"
-    if refused := refused_write(error):
-        return f"{refused}; make that folder writable for this user and run the command again"
-    return None
-
-
 def _run() -> None:
     try:
         app()
@@ -865,10 +828,17 @@ def _run() -> None:
         _print_error(str(error))
         sys.exit(2)
     except Exception as error:
+        from ftlab.fileio import NoSpaceError
+        from ftlab.folders import refused_write
         from ftlab.storage import RECONNECT_TIMEOUT_S, is_connection_loss
 
-        if (refused := _refused_write(error)) is not None:
-            _print_error(refused)
+        # A write that a folder refused (read-only, permissions) or found no room for, as one line with the fix: the
+        # last safety net of every command, after the checks each makes before it starts.
+        if isinstance(error, NoSpaceError):
+            _print_error(f"{error}; make room (or raise `ulimit -f`) and run the command again")
+            sys.exit(2)
+        if refused := refused_write(error):
+            _print_error(f"{refused}; make that folder writable for this user and run the command again")
             sys.exit(2)
         if not is_connection_loss(error):
             raise
