@@ -100,7 +100,7 @@ class TrialLauncher:
                 trial.number, trial.params, is_baseline, Path(job.progress_file), label=label
             )
             self._processes.add(process)
-        on_event(TrialEvent("started", trial.number, trial.params, is_baseline, worker=worker, label=label))
+        on_event(TrialEvent("started", trial.number, trial.params, is_baseline, label=label))
         try:
             record, exitcode = process.run()
             if record is None:  # the process died without a word: segfault, OOM killer, SIGKILL
@@ -122,7 +122,7 @@ class TrialLauncher:
             with self._lock:
                 self.running.pop(trial.number, None)
                 self._processes.discard(process)
-        on_event(TrialEvent(record.state, trial.number, trial.params, is_baseline, record, worker, label))
+        on_event(TrialEvent(record.state, trial.number, trial.params, is_baseline, record, label))
 
     def _cannot_start(self, trial_id: int, number: int, run: TrackedRun, error: OSError) -> None:
         """A trial whose folder cannot be made fails for a retry, its run ends KILLED, and this machine takes no more
