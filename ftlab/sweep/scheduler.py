@@ -16,7 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import optuna
 
@@ -50,7 +49,6 @@ class Scheduler:
     study: optuna.Study
     study_lock: StudyLock
     launcher: TrialLauncher
-    baseline_point: dict[str, Any]
     # The failure budget counts what happens from now on: a sweep run again after a fix gets a fresh start.
     finished_at_start: set[int]
     parent: runs.ParentRun
@@ -115,7 +113,6 @@ class Scheduler:
             study=study,
             study_lock=study_lock,
             launcher=launcher,
-            baseline_point=point,
             finished_at_start={trial.number for trial in study.trials if trial.state.is_finished()},
             parent=parent,
         )
@@ -174,7 +171,7 @@ class Scheduler:
 
         def enqueue() -> None:
             with self.study_lock.held():  # two workers starting together must not both enqueue it
-                studies.enqueue_baseline(self.study, self.baseline_point)
+                studies.enqueue_baseline(self.study, self.launcher.baseline_point)
 
         if not budget.fixed:
             retry_on_connection_loss(enqueue)
@@ -278,7 +275,7 @@ class Scheduler:
                 return decision, None
             if not budget.fixed:
                 # Every baseline trial failed from outside meanwhile (a reaped one): queue it again, never lose it.
-                studies.enqueue_baseline(self.study, self.baseline_point)
+                studies.enqueue_baseline(self.study, self.launcher.baseline_point)
             return decision, compat.trial_id_of(studies.ask(self.study))
 
     def _decide(self, trials: list[optuna.trial.FrozenTrial], budget: Budget) -> Decision:
