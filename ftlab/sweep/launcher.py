@@ -64,7 +64,7 @@ class TrialLauncher:
     # Set when no trial should start any more (this machine's disk is full, or the grid is used up); the scheduler's.
     stop_event: threading.Event = field(default_factory=threading.Event)
     parent_run_id: str = ""  # set by the scheduler once the sweep's parent run is started
-    machine_fault: str | None = None
+    machine_fault: str | None = None  # why this machine cannot run trials, once a trial found out (its disk is full)
     running: dict[int, RunningTrial] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     _processes: set[TrialProcess] = field(default_factory=set, init=False)

@@ -353,7 +353,7 @@ def _report_and_finish(
         # A preempted worker has seconds left, and a full disk no room: whoever runs next writes the report.
         if (
             not scheduler.preempted
-            and scheduler.machine_fault is None
+            and scheduler.launcher.machine_fault is None
             and retry_on_connection_loss(lambda: _report_is_due(scheduler))
         ):
             retry_on_connection_loss(write_report)

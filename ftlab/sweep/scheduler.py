@@ -126,11 +126,6 @@ class Scheduler:
         """The trials running on this machine now, by number."""
         return self.launcher.running
 
-    @property
-    def machine_fault(self) -> str | None:
-        """Why this machine cannot run trials, once a trial found out (its disk is full)."""
-        return self.launcher.machine_fault
-
     # --- start and end of the sweep ----------------------------------------------------------------------------------
 
     def start_parent_run(self, budget: Budget | None = None) -> str:
@@ -203,8 +198,8 @@ class Scheduler:
         """Every worker thread is done: raise what stopped them before the budget was met, if anything did."""
         if self.preempted:
             raise PreemptedError("stopped by SIGTERM")
-        if self.machine_fault is not None:
-            raise MachineFaultError(self.machine_fault)
+        if self.launcher.machine_fault is not None:
+            raise MachineFaultError(self.launcher.machine_fault)
         if self.failure is not None:
             raise SweepFailingError(self.failure)
         if self._worker_errors:  # a worker thread failed outside any trial: the sweep did not do what it was asked
