@@ -128,16 +128,15 @@ class Scheduler:
 
     # --- start and end of the sweep ----------------------------------------------------------------------------------
 
-    def start_parent_run(self, budget: Budget | None = None) -> str:
+    def start_parent_run(self, budget: Budget) -> None:
         """One MLflow parent run per sweep, reopened when the sweep resumes; workers agree on it under the lock. Its
         ``budget.n_trials`` param is the budget this run has (``--n-trials`` over the file's)."""
-        launcher = self.launcher
         params = runs.parent_run_params(self.sweep, budget)
 
         def start() -> str:
             with self.study_lock.held():
                 run_id = start_or_resume_parent_run(
-                    launcher.tracking_uri,
+                    self.launcher.tracking_uri,
                     experiment_name(self.sweep),
                     run_name=self.parent.name,
                     existing_run_id=self.study.user_attrs.get(PARENT_RUN_ATTR),
@@ -147,15 +146,13 @@ class Scheduler:
                 self.study.set_user_attr(PARENT_RUN_ATTR, run_id)
                 return run_id
 
-        self.parent_run_id = launcher.parent_run_id = retry_on_connection_loss(start)
-        return self.parent_run_id
+        self.parent_run_id = self.launcher.parent_run_id = retry_on_connection_loss(start)
 
-    def finish(self, status: str = "FINISHED", reason: str | None = None) -> None:
+    def finish(self, status: str, reason: str | None) -> None:
         """Close the parent run (the report module logs plots to it first)."""
-        if self.parent_run_id:
-            end_run(self.launcher.tracking_uri, self.parent_run_id, status, reason)
+        end_run(self.launcher.tracking_uri, self.parent_run_id, status, reason)
 
-    def run(self, budget: Budget, timeout: float | None, on_event: Callable[[TrialEvent], None] | None = None) -> None:
+    def run(self, budget: Budget, timeout: float | None, on_event: Callable[[TrialEvent], None]) -> None:
         """Run trials until the budget is spent (see :func:`ftlab.sweep.budget.decide`), ``timeout`` passes, or
         Ctrl-C; ``on_event`` hears each trial start and end. A fixed plan runs what is enqueued; a search first
         enqueues the baseline.
@@ -176,7 +173,7 @@ class Scheduler:
         for index in range(self.launcher.workers):
             threading.Thread(
                 target=self._worker,
-                args=(index, budget, deadline, finished[index], on_event or (lambda event: None)),
+                args=(index, budget, deadline, finished[index], on_event),
                 name=f"ftlab-worker-{index}",
             ).start()
         # Wait on events, not Thread.join: a KeyboardInterrupt that lands inside join() can leave the thread looking
