@@ -266,11 +266,9 @@ def run_confirm(
 
 
 def _check_confirm_options(top: int, seeds: int, min_effect: float | None) -> None:
-    for name, value, least in (("--top", top, 1), ("--seeds", seeds, 1)):
-        if value < least:
-            raise UserError.single(
-                f"needs {least} or more", where=name, value=value, fix=f"pass {name} {least} or more"
-            )
+    for name, value in (("--top", top), ("--seeds", seeds)):
+        if value < 1:
+            raise UserError.single("needs 1 or more", where=name, value=value, fix=f"pass {name} 1 or more")
     if min_effect is not None and not 0 <= min_effect < 1:
         raise UserError.single(
             "is a relative difference: a fraction of the baseline's mean from 0 up to 1",
