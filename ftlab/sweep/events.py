@@ -6,8 +6,7 @@ Its own module so that the scheduler, the trial launcher, the view and the CLI c
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,7 +24,6 @@ class TrialEvent:
     params: dict[str, Any]
     baseline: bool
     record: TrialRecord | None = None
-    worker: int = 0
     label: str = ""  # how to name the trial (:func:`ftlab.sweep.runs.trial_label`); "trial N" when empty
 
 
@@ -37,7 +35,6 @@ class RunningTrial:
     params: dict[str, Any]
     baseline: bool
     progress_file: Path
-    started: float = field(default_factory=time.time)
     label: str = ""
 
 

@@ -64,7 +64,7 @@ class TrialLauncher:
     # Set when no trial should start any more (this machine's disk is full, or the grid is used up); the scheduler's.
     stop_event: threading.Event = field(default_factory=threading.Event)
     parent_run_id: str = ""  # set by the scheduler once the sweep's parent run is started
-    machine_fault: str | None = None
+    machine_fault: str | None = None  # why this machine cannot run trials, once a trial found out (its disk is full)
     running: dict[int, RunningTrial] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     _processes: set[TrialProcess] = field(default_factory=set, init=False)
@@ -100,7 +100,7 @@ class TrialLauncher:
                 trial.number, trial.params, is_baseline, Path(job.progress_file), label=label
             )
             self._processes.add(process)
-        on_event(TrialEvent("started", trial.number, trial.params, is_baseline, worker=worker, label=label))
+        on_event(TrialEvent("started", trial.number, trial.params, is_baseline, label=label))
         try:
             record, exitcode = process.run()
             if record is None:  # the process died without a word: segfault, OOM killer, SIGKILL
@@ -112,26 +112,20 @@ class TrialLauncher:
                 else:
                     record = TrialRecord("FAIL", reason)
                 run.end("KILLED" if record.retry else "FAILED", reason=record.reason)
-            self._tell(trial_id, record)
-            if record.machine_fault:
-                # Every trial of this machine would fail the same way: stop taking them, let the others finish.
-                self.machine_fault = self.machine_fault or f"trial #{trial.number} failed: {record.reason}"
-                self.stop_event.set()
+            self._tell(trial_id, trial.number, record)
             self._show(run, record, tags[DESCRIPTION_TAG])
         finally:
             with self._lock:
                 self.running.pop(trial.number, None)
                 self._processes.discard(process)
-        on_event(TrialEvent(record.state, trial.number, trial.params, is_baseline, record, worker, label))
+        on_event(TrialEvent(record.state, trial.number, trial.params, is_baseline, record, label))
 
     def _cannot_start(self, trial_id: int, number: int, run: TrackedRun, error: OSError) -> None:
         """A trial whose folder cannot be made fails for a retry, its run ends KILLED, and this machine takes no more
         trials: every one would fail alike (as on a full disk)."""
         reason = f"cannot make the trial's folder: {refused_write(error) or error} (make train.output_dir writable)"
         run.end("KILLED", reason=reason)
-        self._tell(trial_id, TrialRecord("FAIL", reason, retry=True, machine_fault=True))
-        self.machine_fault = self.machine_fault or f"trial #{number} failed: {reason}"
-        self.stop_event.set()
+        self._tell(trial_id, number, TrialRecord("FAIL", reason, retry=True, machine_fault=True))
 
     def _prepare(self, trial_id: int) -> tuple[optuna.Trial, dict[str, Any], bool, int | None]:
         """The trial with its settings sampled, whether it is the baseline, and which trial it retries (if any).
@@ -242,7 +236,8 @@ class TrialLauncher:
                 raise
             # A missed beat is harmless while the grace period lasts; the next one reconnects.
 
-    def _tell(self, trial_id: int, record: TrialRecord) -> None:
+    def _tell(self, trial_id: int, number: int, record: TrialRecord) -> None:
+        """Tell the study what the trial came to; queue its retry, and stop this machine, where the record says so."""
         try:
             retry_on_connection_loss(lambda: studies.tell(self.study, trial_id, record))
         except RuntimeError:
@@ -254,3 +249,7 @@ class TrialLauncher:
         if record.retry:
             # Lost to something outside the trial (SIGKILL, preemption): run it again, resuming from its checkpoint.
             retry_on_connection_loss(lambda: retry_trial(self.study, trial_id))
+        if record.machine_fault:
+            # Every trial of this machine would fail the same way: stop taking them, let the others finish.
+            self.machine_fault = self.machine_fault or f"trial #{number} failed: {record.reason}"
+            self.stop_event.set()

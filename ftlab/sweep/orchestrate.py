@@ -266,11 +266,9 @@ def run_confirm(
 
 
 def _check_confirm_options(top: int, seeds: int, min_effect: float | None) -> None:
-    for name, value, least in (("--top", top, 1), ("--seeds", seeds, 1)):
-        if value < least:
-            raise UserError.single(
-                f"needs {least} or more", where=name, value=value, fix=f"pass {name} {least} or more"
-            )
+    for name, value in (("--top", top), ("--seeds", seeds)):
+        if value < 1:
+            raise UserError.single("needs 1 or more", where=name, value=value, fix=f"pass {name} 1 or more")
     if min_effect is not None and not 0 <= min_effect < 1:
         raise UserError.single(
             "is a relative difference: a fraction of the baseline's mean from 0 up to 1",
@@ -353,7 +351,7 @@ def _report_and_finish(
         # A preempted worker has seconds left, and a full disk no room: whoever runs next writes the report.
         if (
             not scheduler.preempted
-            and scheduler.machine_fault is None
+            and scheduler.launcher.machine_fault is None
             and retry_on_connection_loss(lambda: _report_is_due(scheduler))
         ):
             retry_on_connection_loss(write_report)

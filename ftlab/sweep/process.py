@@ -12,7 +12,6 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import psutil
 
@@ -20,8 +19,6 @@ from ftlab.record import TrialRecord
 from ftlab.sweep.job import TrialJob
 
 _POLL_S = 0.5
-
-T = TypeVar("T")
 
 
 def _trial_main(job: TrialJob) -> None:

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import optuna
 
@@ -50,7 +49,6 @@ class Scheduler:
     study: optuna.Study
     study_lock: StudyLock
     launcher: TrialLauncher
-    baseline_point: dict[str, Any]
     # The failure budget counts what happens from now on: a sweep run again after a fix gets a fresh start.
     finished_at_start: set[int]
     parent: runs.ParentRun
@@ -115,7 +113,6 @@ class Scheduler:
             study=study,
             study_lock=study_lock,
             launcher=launcher,
-            baseline_point=point,
             finished_at_start={trial.number for trial in study.trials if trial.state.is_finished()},
             parent=parent,
         )
@@ -129,23 +126,17 @@ class Scheduler:
         """The trials running on this machine now, by number."""
         return self.launcher.running
 
-    @property
-    def machine_fault(self) -> str | None:
-        """Why this machine cannot run trials, once a trial found out (its disk is full)."""
-        return self.launcher.machine_fault
-
     # --- start and end of the sweep ----------------------------------------------------------------------------------
 
-    def start_parent_run(self, budget: Budget | None = None) -> str:
+    def start_parent_run(self, budget: Budget) -> None:
         """One MLflow parent run per sweep, reopened when the sweep resumes; workers agree on it under the lock. Its
         ``budget.n_trials`` param is the budget this run has (``--n-trials`` over the file's)."""
-        launcher = self.launcher
         params = runs.parent_run_params(self.sweep, budget)
 
         def start() -> str:
             with self.study_lock.held():
                 run_id = start_or_resume_parent_run(
-                    launcher.tracking_uri,
+                    self.launcher.tracking_uri,
                     experiment_name(self.sweep),
                     run_name=self.parent.name,
                     existing_run_id=self.study.user_attrs.get(PARENT_RUN_ATTR),
@@ -155,15 +146,13 @@ class Scheduler:
                 self.study.set_user_attr(PARENT_RUN_ATTR, run_id)
                 return run_id
 
-        self.parent_run_id = launcher.parent_run_id = retry_on_connection_loss(start)
-        return self.parent_run_id
+        self.parent_run_id = self.launcher.parent_run_id = retry_on_connection_loss(start)
 
-    def finish(self, status: str = "FINISHED", reason: str | None = None) -> None:
+    def finish(self, status: str, reason: str | None) -> None:
         """Close the parent run (the report module logs plots to it first)."""
-        if self.parent_run_id:
-            end_run(self.launcher.tracking_uri, self.parent_run_id, status, reason)
+        end_run(self.launcher.tracking_uri, self.parent_run_id, status, reason)
 
-    def run(self, budget: Budget, timeout: float | None, on_event: Callable[[TrialEvent], None] | None = None) -> None:
+    def run(self, budget: Budget, timeout: float | None, on_event: Callable[[TrialEvent], None]) -> None:
         """Run trials until the budget is spent (see :func:`ftlab.sweep.budget.decide`), ``timeout`` passes, or
         Ctrl-C; ``on_event`` hears each trial start and end. A fixed plan runs what is enqueued; a search first
         enqueues the baseline.
@@ -174,7 +163,7 @@ class Scheduler:
 
         def enqueue() -> None:
             with self.study_lock.held():  # two workers starting together must not both enqueue it
-                studies.enqueue_baseline(self.study, self.baseline_point)
+                studies.enqueue_baseline(self.study, self.launcher.baseline_point)
 
         if not budget.fixed:
             retry_on_connection_loss(enqueue)
@@ -184,7 +173,7 @@ class Scheduler:
         for index in range(self.launcher.workers):
             threading.Thread(
                 target=self._worker,
-                args=(index, budget, deadline, finished[index], on_event or (lambda event: None)),
+                args=(index, budget, deadline, finished[index], on_event),
                 name=f"ftlab-worker-{index}",
             ).start()
         # Wait on events, not Thread.join: a KeyboardInterrupt that lands inside join() can leave the thread looking
@@ -206,8 +195,8 @@ class Scheduler:
         """Every worker thread is done: raise what stopped them before the budget was met, if anything did."""
         if self.preempted:
             raise PreemptedError("stopped by SIGTERM")
-        if self.machine_fault is not None:
-            raise MachineFaultError(self.machine_fault)
+        if self.launcher.machine_fault is not None:
+            raise MachineFaultError(self.launcher.machine_fault)
         if self.failure is not None:
             raise SweepFailingError(self.failure)
         if self._worker_errors:  # a worker thread failed outside any trial: the sweep did not do what it was asked
@@ -278,7 +267,7 @@ class Scheduler:
                 return decision, None
             if not budget.fixed:
                 # Every baseline trial failed from outside meanwhile (a reaped one): queue it again, never lose it.
-                studies.enqueue_baseline(self.study, self.baseline_point)
+                studies.enqueue_baseline(self.study, self.launcher.baseline_point)
             return decision, compat.trial_id_of(studies.ask(self.study))
 
     def _decide(self, trials: list[optuna.trial.FrozenTrial], budget: Budget) -> Decision:

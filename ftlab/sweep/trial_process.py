@@ -100,15 +100,12 @@ class ProgressCallback(TrainingCallback):
         atomic_write_json(self.path, self.state)
 
     def on_log(self, step: int, metrics: dict[str, float]) -> None:
-        self._update(step, metrics)
-
-    def on_evaluate(self, step: int, tokens_seen: int, metrics: dict[str, float]) -> None:
-        self._update(step, metrics)
-
-    def _update(self, step: int, metrics: dict[str, float]) -> None:
         self.state["step"] = step
         self.state["latest"].update(metrics)
         atomic_write_json(self.path, self.state)
+
+    def on_evaluate(self, step: int, tokens_seen: int, metrics: dict[str, float]) -> None:
+        self.on_log(step, metrics)
 
 
 def objective_values(sweep: SweepConfig, record: TrialRecord, *, holdout: bool = False) -> list[float]:
