@@ -4,6 +4,8 @@ Optuna stores)."""
 
 from __future__ import annotations
 
+import logging
+import multiprocessing
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -14,8 +16,11 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import create_trial
 
 from ftlab.demo import load_sweep_with_assets
-from ftlab.record import BASELINE_ATTR, RUN_ID_ATTR
+from ftlab.record import BASELINE_ATTR, RUN_ID_ATTR, TrialRecord
+from ftlab.settings import resolve_train_config
+from ftlab.storage import StudyLock
 from ftlab.sweep.budget import Budget
+from ftlab.sweep.launcher import TrialLauncher
 from ftlab.sweep.runs import note_trial, parent_run_params, parent_run_tags, show_best
 from ftlab.tracking import DESCRIPTION_TAG, TrackedRun, run_page, runs_page
 from tests.helpers import write_sweep
@@ -83,3 +88,35 @@ def test_a_trials_note_in_optuna_dashboard_says_baseline_and_links_its_run(tmp_p
     assert (
         "(http://127.0.0.1:5000/#/runs/run0)" in baseline_note and "(http://127.0.0.1:5000/#/runs/run1)" in other_note
     )
+
+
+class _UnreachableRun:
+    """A trial's run while the tracking server is down."""
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        raise ConnectionError("tracking server down")
+
+
+def test_a_run_mlflow_cannot_describe_is_named_by_its_trial_number(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The record a trial process writes does not know its trial's number (only one read back from the study does).
+    sweep = load_sweep_with_assets(write_sweep(tmp_path))
+    launcher = TrialLauncher(
+        sweep=sweep,
+        sweep_file=tmp_path / "sweep.yaml",
+        storage_url="sqlite://",
+        tracking_uri="sqlite://",
+        study=optuna.create_study(),
+        baseline_config=resolve_train_config(sweep, tmp_path),
+        baseline_point={},
+        workers=1,
+        context=multiprocessing.get_context("spawn"),
+        best_lock=StudyLock("sqlite://", "small", "best"),
+        show_parent=lambda *arguments: None,
+    )
+    record = TrialRecord("FAIL", "diverged: training loss became nan at optimizer step 3")
+    assert record.number is None
+    with caplog.at_level(logging.WARNING, logger="ftlab.sweep.launcher"):
+        launcher._show(_UnreachableRun(), record, 7, "Trial 7")  # type: ignore[arg-type]
+    assert "could not describe trial 7's run in MLflow: tracking server down" in caplog.text

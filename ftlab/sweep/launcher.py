@@ -113,7 +113,7 @@ class TrialLauncher:
                     record = TrialRecord("FAIL", reason)
                 run.end("KILLED" if record.retry else "FAILED", reason=record.reason)
             self._tell(trial_id, trial.number, record)
-            self._show(run, record, tags[DESCRIPTION_TAG])
+            self._show(run, record, trial.number, tags[DESCRIPTION_TAG])
         finally:
             with self._lock:
                 self.running.pop(trial.number, None)
@@ -212,12 +212,12 @@ class TrialLauncher:
             raise
         return run
 
-    def _show(self, run: TrackedRun, record: TrialRecord, description: str) -> None:
+    def _show(self, run: TrackedRun, record: TrialRecord, number: int, description: str) -> None:
         """What the trial came to, on its run; a new best, on the parent run (workers agree under the lock)."""
         try:
             run.set_tags(runs.outcome_tags(record, self.sweep.objectives[0].metric, description))
         except Exception as error:  # the tracking server is down: the trial itself is stored, in the study and its run
-            logger.warning("could not describe trial %s's run in MLflow: %s", record.number, error)
+            logger.warning("could not describe trial %s's run in MLflow: %s", number, error)
         if record.state == "COMPLETE":
 
             def show_best() -> None:
