@@ -129,3 +129,32 @@ def test_an_error_once_ctrl_c_came_counts_as_ctrl_c(monkeypatch: pytest.MonkeyPa
     record = record_for(error)
     assert (record.state, record.reason, record.retry) == ("FAIL", "stopped by Ctrl-C", True)
     assert run_ending(error) == ("KILLED", "stopped by Ctrl-C")
+
+
+# Ctrl-C lands just as the trials' fork server starts (the test sends it from inside that moment): before, the command
+# ignored SIGINT while it started the server, so that one Ctrl-C was lost and the sweep ran to its end.
+CTRL_C_WHILE_THE_SERVER_STARTS = """
+import multiprocessing.forkserver, os, signal
+from ftlab.sweep import forkserver
+
+start = multiprocessing.forkserver.ensure_running
+def ctrl_c_then_start():
+    os.kill(os.getpid(), signal.SIGINT)
+    start()
+
+multiprocessing.forkserver.ensure_running = ctrl_c_then_start
+try:
+    forkserver.trial_process_context()
+    print("not interrupted")
+except KeyboardInterrupt:
+    print("interrupted")
+finally:
+    forkserver.stop_trial_server()
+"""
+
+
+def test_ctrl_c_while_the_fork_server_starts_is_not_lost() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", CTRL_C_WHILE_THE_SERVER_STARTS], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "interrupted", (done.stdout, done.stderr)

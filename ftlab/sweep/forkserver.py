@@ -11,9 +11,9 @@ import contextlib
 import multiprocessing
 import multiprocessing.context
 import multiprocessing.forkserver
+import multiprocessing.resource_tracker
 import os
 import signal
-import threading
 
 # Modules every trial needs. transformers and MLflow import most of their code lazily, on first use: name the lazy
 # parts a trial uses, or each trial pays for them again (about 2 s per trial on a CPU machine: modeling_utils 1.5 s,
@@ -41,16 +41,17 @@ def trial_process_context() -> multiprocessing.context.BaseContext:
         multiprocessing.forkserver.ensure_running()  # restarts a server that died
         return context
     # The server imports torch for seconds before it ignores Ctrl-C itself: a Ctrl-C then (a terminal sends it to
-    # the whole process group) printed its KeyboardInterrupt traceback. Started with SIGINT ignored (SIG_IGN survives
-    # exec) it never sees one; the CLI stops it, and trial processes install their own handler.
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main_thread else None
+    # the whole process group) printed its KeyboardInterrupt traceback. Started with SIGINT blocked (the mask survives
+    # fork and exec) it never sees one; the CLI stops it, and trial processes unblock it for their own handler. Here
+    # it is blocked only while the server starts, not ignored: a Ctrl-C in that moment waits, then stops this process.
+    # multiprocessing's resource tracker unblocks SIGINT once it has started, so it is started first.
+    multiprocessing.resource_tracker.ensure_running()
+    atexit.register(stop_trial_server)  # before: the Ctrl-C that waited is raised as SIGINT is unblocked, below
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         multiprocessing.forkserver.ensure_running()
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-    atexit.register(stop_trial_server)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     return context
 
 

@@ -209,6 +209,10 @@ def run_trial_job(job: TrialJob) -> None:
     # step boundary with a checkpoint, so its retry loses nothing.
     stop_requested = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stop_requested.set())
+    # SIGINT comes blocked from the fork server (ftlab.sweep.forkserver): a Ctrl-C from before this point is dropped
+    # (ignored, then unblocked), as the trial ignored it before; from here on Ctrl-C stops the trial.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     signal.signal(signal.SIGINT, _first_ctrl_c_only)
     run = TrackedRun(MlflowClient(tracking_uri=job.tracking_uri), job.run_id, ending=run_ending)
     try:
