@@ -107,7 +107,7 @@ def validate(
         if schema_only:
             found = preflight.settings_problems(sweep, file.parent, str(file))[1]
         else:
-            found = preflight.trial_problems(sweep, file.parent, str(file))
+            found = preflight.trial_check(sweep, file.parent, str(file))[0]
             found += preflight.service_problems(
                 storage_url_for(sweep), tracking_uri_for(sweep), f"{file}:storage.url", f"{file}:tracking.uri"
             )
@@ -211,7 +211,7 @@ def train_command(
     tracking_where = "--tracking-uri" if tracking_uri else f"{file}:tracking.uri"
     problems = preflight.folder_problems(sweep, [train_config], str(file)) + preflight.model_problems(sweep, str(file))
     if not problems:  # the data check loads the tokenizer: only once the model is sound
-        problems = preflight.data_problems(sweep, file.parent, [train_config], str(file))
+        problems = preflight.data_check(sweep, file.parent, [train_config], str(file))[0]
     preflight.raise_problems(problems + preflight.tracking_problems(uri, tracking_where))
     console.print(
         f"training [bold]{escape(sweep.name)}[/bold] baseline on {escape(sweep.model.name_or_path)}; "

@@ -111,16 +111,11 @@ def _model_problems(name: str, revision: str | None, where: str) -> list[Problem
 # --- the data --------------------------------------------------------------------------------------------------------
 
 
-def data_problems(sweep: SweepConfig, sweep_dir: Path, configs: list[TrainConfig], source: str) -> list[Problem]:
-    """Prepare the data (cached for the trials) and check it holds an optimizer step for every config, and a
-    validation block."""
-    return data_check(sweep, sweep_dir, configs, source)[0]
-
-
 def data_check(
     sweep: SweepConfig, sweep_dir: Path, configs: list[TrainConfig], source: str
 ) -> tuple[list[Problem], str | None]:
-    """:func:`data_problems`, and the prepared data's fingerprint (None where it could not be prepared): the study
+    """Prepare the data (cached for the trials) and check it holds an optimizer step for every config, and a
+    validation block; with the prepared data's fingerprint (None where it could not be prepared): the study
     remembers it, so that a resumed sweep on other data is refused (:mod:`ftlab.sweep.identity`)."""
     import transformers
 
@@ -287,13 +282,9 @@ def settings_warnings(sweep: SweepConfig, sweep_dir: Path, source: str) -> list[
     return baseline_outside_ranges(sweep, baseline, source)
 
 
-def trial_problems(sweep: SweepConfig, sweep_dir: Path, source: str) -> list[Problem]:
-    """Everything a trial needs that is not a service: settings, model and data. Imports transformers."""
-    return trial_check(sweep, sweep_dir, source)[0]
-
-
 def trial_check(sweep: SweepConfig, sweep_dir: Path, source: str) -> tuple[list[Problem], str | None]:
-    """:func:`trial_problems`, and the prepared data's fingerprint (None where the data was not prepared)."""
+    """Everything a trial needs that is not a service: settings, model and data, and the prepared data's fingerprint
+    (None where the data was not prepared). Imports transformers."""
     configs, problems = settings_problems(sweep, sweep_dir, source)
     problems += folder_problems(sweep, configs, source) + model_problems(sweep, source)
     if problems:  # the data check loads the tokenizer and prepares the data: only once the rest is sound
