@@ -118,8 +118,7 @@ def validate(
                 console.print(
                     f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True, markup=True
                 )
-    if problems:
-        raise UserError(problems)
+    preflight.raise_problems(problems)
 
 
 @baseline_app.command("list")
