@@ -552,7 +552,7 @@ def load_confirmation(sweep: SweepConfig, storage_override: str | None = None) -
     return confirmation(study, [objective.metric for objective in sweep.objectives])
 
 
-def write_confirmation_report(found: Confirmation, out_dir: Path) -> list[Path]:
+def write_confirmation_report(found: Confirmation, out_dir: Path) -> None:
     """The table (markdown, JSON) and a plot of every seed's objective per configuration (PNG and HTML)."""
     import matplotlib
 
@@ -578,6 +578,3 @@ def write_confirmation_report(found: Confirmation, out_dir: Path) -> list[Path]:
     plot = go.Figure([go.Box(y=row.values, name=row.candidate.label, boxpoints="all") for row in found.rows])
     plot.update_layout(yaxis_title=found.metric, title="every seed's result per configuration")
     plot.write_html(out_dir / "confirmation.html", include_plotlyjs=True)
-    return [
-        out_dir / name for name in ("confirmation.md", "confirmation.json", "confirmation.png", "confirmation.html")
-    ]
