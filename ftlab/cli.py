@@ -686,8 +686,7 @@ def _print_best(winner: dict[str, Any]) -> None:
     if gain["absolute"] is not None:
         console.print(f"gain over the baseline: {gain['absolute']:.4f} ({gain['relative']:+.1%}) on {winner['metric']}")
     console.print(f"MLflow run {winner['mlflow_run_id']}: {winner['ui']}")
-    if "export" in winner:
-        exported = winner["export"]
+    if exported := winner.get("export"):
         console.print(
             f"exported to {exported['dir']} (weights from {exported['weights_from']}; eval loss re-measured "
             f"{exported['eval_loss_measured']:.4f})"
