@@ -225,10 +225,10 @@ def _file_store_problems(uri: str, where: str) -> list[Problem]:
     return []
 
 
-def same_store_problems(storage_url: str | None, tracking_uri: str, where: str) -> list[Problem]:
+def same_store_problems(storage_url: str, tracking_uri: str, where: str) -> list[Problem]:
     """The study and MLflow in one SQLite file: each would create its tables in the other's database (Optuna's and
     MLflow's schemas share table names), leaving it half made. Found before either is touched."""
-    study_file = sqlite_file(storage_url) if storage_url else None
+    study_file = sqlite_file(storage_url)
     tracking_file = sqlite_file(tracking_uri)
     if study_file is None or tracking_file is None:
         return []
@@ -292,14 +292,11 @@ def trial_check(sweep: SweepConfig, sweep_dir: Path, source: str) -> tuple[list[
     return data_check(sweep, sweep_dir, configs, source)
 
 
-def service_problems(
-    storage_url: str | None, tracking_uri: str, storage_where: str, tracking_where: str
-) -> list[Problem]:
-    """Whether the study storage (if any) and the tracking store answer, and are not one and the same file."""
+def service_problems(storage_url: str, tracking_uri: str, storage_where: str, tracking_where: str) -> list[Problem]:
+    """Whether the study storage and the tracking store answer, and are not one and the same file."""
     if same := same_store_problems(storage_url, tracking_uri, storage_where):
         return same
-    problems = storage_problems(storage_url, storage_where) if storage_url is not None else []
-    return problems + tracking_problems(tracking_uri, tracking_where)
+    return storage_problems(storage_url, storage_where) + tracking_problems(tracking_uri, tracking_where)
 
 
 def raise_problems(problems: list[Problem]) -> None:
