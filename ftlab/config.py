@@ -389,7 +389,20 @@ def _cross_checks(config: SweepConfig, source: str) -> list[Problem]:
                 fix=f"remove `total_train_batch_size` or {', '.join(sorted(batch_keys))}",
             )
         )
-    problems += _heartbeat_checks(config.storage, source)
+    # A grace period of fewer than a few heartbeats fails live trials (and then cannot record their result).
+    storage = config.storage
+    if storage.grace_period < MIN_HEARTBEATS_PER_GRACE * storage.heartbeat_interval:
+        problems.append(
+            Problem(
+                f"`storage.grace_period` ({storage.grace_period} s) must be at least {MIN_HEARTBEATS_PER_GRACE} "
+                f"heartbeat intervals (`storage.heartbeat_interval` = {storage.heartbeat_interval} s): a shorter one "
+                "fails trials that are still running",
+                f"{source}:storage.grace_period",
+                value=storage.grace_period,
+                fix=f"set `grace_period` to {MIN_HEARTBEATS_PER_GRACE * storage.heartbeat_interval} or more, or "
+                "lower `heartbeat_interval`",
+            )
+        )
     if len(config.objectives) > 1 and config.pruner.name != "none":
         problems.append(
             Problem(
@@ -408,23 +421,6 @@ def _cross_checks(config: SweepConfig, source: str) -> list[Problem]:
             )
         )
     return problems
-
-
-def _heartbeat_checks(storage: StorageConfig, source: str) -> list[Problem]:
-    """A grace period of fewer than a few heartbeats fails live trials (and then cannot record their result)."""
-    if storage.grace_period >= MIN_HEARTBEATS_PER_GRACE * storage.heartbeat_interval:
-        return []
-    return [
-        Problem(
-            f"`storage.grace_period` ({storage.grace_period} s) must be at least {MIN_HEARTBEATS_PER_GRACE} heartbeat "
-            f"intervals (`storage.heartbeat_interval` = {storage.heartbeat_interval} s): a shorter one fails trials "
-            "that are still running",
-            f"{source}:storage.grace_period",
-            value=storage.grace_period,
-            fix=f"set `grace_period` to {MIN_HEARTBEATS_PER_GRACE * storage.heartbeat_interval} or more, or lower "
-            "`heartbeat_interval`",
-        )
-    ]
 
 
 def _format_validation_error(error: ValidationError, source: str) -> list[Problem]:

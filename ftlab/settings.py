@@ -33,7 +33,8 @@ def parse_set_options(assignments: list[str]) -> dict[str, Any]:
                 fix=f"use one of: {', '.join(sorted(TRAIN_KEYS))}",
             )
         try:
-            overrides[key] = _scalar(raw)
+            # A YAML scalar as a sweep file reads it (``1e-4`` a float, see :mod:`ftlab.yamlfile`).
+            value = yaml.load(raw, Loader=SweepLoader)
         except yaml.YAMLError as error:
             raise ConfigError.single(
                 f"the value is not a YAML scalar ({str(error).splitlines()[0]})",
@@ -41,17 +42,11 @@ def parse_set_options(assignments: list[str]) -> dict[str, Any]:
                 value=raw,
                 fix="quote it, e.g. --set 'key=\"text\"', or write a number or true/false",
             ) from None
+        if isinstance(value, str):  # other text that Python reads as a float (``inf``) is one too
+            with contextlib.suppress(ValueError):
+                value = float(value)
+        overrides[key] = value
     return overrides
-
-
-def _scalar(raw: str) -> Any:
-    """A YAML scalar as a sweep file reads it (``1e-4`` a float, see :mod:`ftlab.yamlfile`); other text that Python
-    reads as a float (``inf``) is one too."""
-    value = yaml.load(raw, Loader=SweepLoader)
-    if isinstance(value, str):
-        with contextlib.suppress(ValueError):
-            return float(value)
-    return value
 
 
 def resolve_train_config(
