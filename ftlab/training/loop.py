@@ -115,12 +115,6 @@ def _is_save_step(config: TrainConfig, step: int, total_steps: int, is_eval_step
     return config.save_steps > 0 and step % config.save_steps == 0
 
 
-def _epoch_order(seed: int, epoch: int, n_blocks: int, device: torch.device) -> torch.Tensor:
-    """The block order of one epoch: a pure function of (seed, epoch), so a resumed run sees the same batches."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n_blocks, generator=generator).to(device)
-
-
 def _step_batches(
     config: TrainConfig, first_step: int, total_steps: int, steps_per_epoch: int, n_blocks: int, device: torch.device
 ) -> Iterator[tuple[int, torch.Tensor]]:
@@ -134,7 +128,8 @@ def _step_batches(
     for step in range(first_step, total_steps + 1):
         epoch, position = divmod(step - 1, steps_per_epoch)
         if position == 0 or order is None:
-            order = _epoch_order(config.seed, epoch, n_blocks, device)
+            generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+            order = torch.randperm(n_blocks, generator=generator).to(device)
         yield step, order[position * per_step : (position + 1) * per_step]
 
 
