@@ -306,20 +306,16 @@ def train(
             if not math.isfinite(mean_loss):
                 raise NonFiniteLossError(step, mean_loss)
             elapsed = time.perf_counter() - started
-            log_hook = functools.partial(
-                callback.on_log,
-                step,
-                {
-                    "train/loss": mean_loss,
-                    "train/learning_rate": state.scheduler.get_last_lr()[0],
-                    "train/grad_norm": to_float(grad_norm),
-                    "train/tokens_seen": float(tokens_seen),
-                    "train/epoch": step / steps_per_epoch,
-                    "perf/tokens_per_second": (step - plan.start_step) * plan.tokens_per_step / elapsed,
-                    "perf/peak_memory_mb": peak_memory_mb(device),
-                },
-            )
-            parallel.on_main(log_hook)
+            train_metrics = {
+                "train/loss": mean_loss,
+                "train/learning_rate": state.scheduler.get_last_lr()[0],
+                "train/grad_norm": to_float(grad_norm),
+                "train/tokens_seen": float(tokens_seen),
+                "train/epoch": step / steps_per_epoch,
+                "perf/tokens_per_second": (step - plan.start_step) * plan.tokens_per_step / elapsed,
+                "perf/peak_memory_mb": peak_memory_mb(device),
+            }
+            parallel.on_main(functools.partial(callback.on_log, step, train_metrics))
 
         # evaluate
         if is_eval_step:
