@@ -137,7 +137,7 @@ def _place_blocks(
     train_blocks: torch.Tensor, validation_blocks: torch.Tensor, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The data where training reads it: on the device when it fits comfortably, else in (pinned) host memory."""
-    if train_blocks.numel() * train_blocks.element_size() <= _DEVICE_RESIDENT_BYTES:
+    if train_blocks.nbytes <= _DEVICE_RESIDENT_BYTES:
         return train_blocks.to(device), validation_blocks.to(device)
     if device.type == "cuda":
         return train_blocks.pin_memory(), validation_blocks
