@@ -247,16 +247,13 @@ def train(
     plan = TrainPlan(
         total_steps=total_steps,
         warmup_steps=warmup_steps_for(config, total_steps),
-        steps_per_epoch=steps_per_epoch,
         tokens_per_step=config.total_train_batch_size * train_blocks.size(1),
         per_device_train_batch_size=micro,
         gradient_accumulation_steps=accumulation,
         learning_rate=float(state.scheduler.base_lrs[0]),
-        device=str(device),
         bf16=runtime.bf16,
         train_blocks=train_blocks.size(0),
         validation_blocks=validation_blocks.size(0),
-        block_size=train_blocks.size(1),
         start_step=state.step,
         world_size=parallel.world_size,
     )
