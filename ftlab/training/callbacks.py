@@ -19,16 +19,13 @@ class TrainPlan:
 
     total_steps: int
     warmup_steps: int
-    steps_per_epoch: int
     tokens_per_step: int
     per_device_train_batch_size: int
     gradient_accumulation_steps: int
     learning_rate: float  # the optimizer's peak learning rate, read back from the optimizer
-    device: str
     bf16: bool
     train_blocks: int
     validation_blocks: int
-    block_size: int
     start_step: int = 0  # > 0 when resuming from a checkpoint: steps 1..start_step are not run again
     world_size: int = 1  # the trial's processes, each running micro-batch × accumulation sequences per step
 

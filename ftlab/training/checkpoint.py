@@ -56,7 +56,7 @@ def save_training_state(state: dict[str, Any], path: Path) -> None:
 
 def load_training_state(path: Path | None) -> dict[str, Any] | None:
     """The state saved at ``path``, or None when there is none (temporary files are never looked at)."""
-    if path is None or not Path(path).is_file():
+    if path is None or not path.is_file():
         return None
     return torch.load(path, map_location="cpu", weights_only=False)
 
@@ -70,9 +70,9 @@ def _rank_file(folder: Path, rank: int) -> Path:
 
 def latest_sharded_checkpoint(path: Path | None) -> Path | None:
     """The complete checkpoint folder that the sharded checkpoint ``path`` holds, or None when there is none."""
-    if path is None or not (Path(path) / _LATEST).is_file():
+    if path is None or not (path / _LATEST).is_file():
         return None
-    folder = Path(path) / (Path(path) / _LATEST).read_text().strip()
+    folder = path / (path / _LATEST).read_text().strip()
     return folder if folder.is_dir() else None
 
 
@@ -93,13 +93,6 @@ def _write_shards(state: TrainState, folder: Path, parallel: Parallel) -> None:
     dcp.save(shards, checkpoint_id=folder)  # a collective: when it returns, every rank's shard is written
 
 
-def _keep_only(path: Path, keep: set[str]) -> None:
-    """Remove the older checkpoints and whatever a killed writer left in ``path``."""
-    for entry in path.iterdir():
-        if entry.name not in keep:
-            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
-
-
 def save_sharded_training_state(state: TrainState, path: Path, parallel: Parallel) -> None:
     """Write a resumable training state from every rank into the folder ``path``, replacing the previous one.
 
@@ -108,12 +101,14 @@ def save_sharded_training_state(state: TrainState, path: Path, parallel: Paralle
     ``path/latest`` at it (a file replaced in one rename) and removes the older ones. So ``latest`` always names a
     complete checkpoint once one exists, whichever rank is killed at whichever moment.
     """
-    folder = Path(path) / f"step-{state.step:08d}"
+    folder = path / f"step-{state.step:08d}"
     if parallel.is_main:
         with atomic_path(folder) as staging:
             _write_shards(state, Path(parallel.broadcast(str(staging))), parallel)
-        atomic_write_text(Path(path) / _LATEST, folder.name)
-        _keep_only(Path(path), {folder.name, _LATEST})
+        atomic_write_text(path / _LATEST, folder.name)
+        for entry in path.iterdir():  # the older checkpoints and whatever a killed writer left
+            if entry.name not in {folder.name, _LATEST}:
+                shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
     else:
         _write_shards(state, Path(parallel.broadcast(None)), parallel)
     parallel.barrier()  # ``latest`` names this checkpoint before any rank goes on

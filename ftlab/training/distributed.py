@@ -117,12 +117,11 @@ class Parallel:
 
     # -- agreement ------------------------------------------------------------------------------------------------
 
-    def mean_(self, tensor: torch.Tensor) -> torch.Tensor:
+    def mean_(self, tensor: torch.Tensor) -> None:
         """``tensor`` replaced in place by its mean over the ranks."""
         if self.active:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
             tensor /= self.world_size
-        return tensor
 
     def any(self, flag: bool, device: torch.device) -> bool:
         """Whether ``flag`` is set on any rank (a stop request reaches one rank or all of them)."""

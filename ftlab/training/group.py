@@ -38,7 +38,7 @@ from ftlab.config import TrainConfig
 from ftlab.training.callbacks import CallbackList, ForwardingCallback, TrainingCallback, TrainResult
 from ftlab.training.checkpoint import save_model
 from ftlab.training.distributed import Parallel, StoppedByRankZeroError
-from ftlab.training.launch import RankFailedError, backend_for, launch
+from ftlab.training.launch import RankFailedError, launch
 from ftlab.training.loop import NonFiniteLossError, NotEnoughDataError, TrainingPreemptedError, train
 from ftlab.training.plugins import extra_callbacks_from_env
 from ftlab.training.runtime import Runtime
@@ -183,7 +183,7 @@ def train_in_group(
                 _rank_entry,
                 (job, server.rank_end),
                 nproc=job.config.nproc_per_node,
-                backend=backend_for(job.runtime.device.type),
+                backend="nccl" if job.runtime.device.type == "cuda" else "gloo",  # NCCL between GPUs
                 signals=("SIGINT", "SIGHUP", "SIGQUIT"),  # not SIGTERM: a preemption stops at a step boundary
             )
         except RankFailedError as error:

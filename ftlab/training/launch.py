@@ -64,11 +64,6 @@ class RankFailedError(RuntimeError):
         return any(marker in self.message for marker in _LOST_PEER)
 
 
-def backend_for(device_type: str) -> str:
-    """The collective backend for a device type: NCCL between GPUs, gloo between CPU processes."""
-    return "nccl" if device_type == "cuda" else "gloo"
-
-
 def _die_with_parent() -> None:
     """SIGKILL this rank when the process that launched it dies, however it dies (Linux): the trial process may be
     SIGKILLed itself (its worker died), and a rank left behind would keep training and hold its GPU."""

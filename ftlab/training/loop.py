@@ -115,12 +115,6 @@ def _is_save_step(config: TrainConfig, step: int, total_steps: int, is_eval_step
     return config.save_steps > 0 and step % config.save_steps == 0
 
 
-def _epoch_order(seed: int, epoch: int, n_blocks: int, device: torch.device) -> torch.Tensor:
-    """The block order of one epoch: a pure function of (seed, epoch), so a resumed run sees the same batches."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n_blocks, generator=generator).to(device)
-
-
 def _step_batches(
     config: TrainConfig, first_step: int, total_steps: int, steps_per_epoch: int, n_blocks: int, device: torch.device
 ) -> Iterator[tuple[int, torch.Tensor]]:
@@ -134,7 +128,8 @@ def _step_batches(
     for step in range(first_step, total_steps + 1):
         epoch, position = divmod(step - 1, steps_per_epoch)
         if position == 0 or order is None:
-            order = _epoch_order(config.seed, epoch, n_blocks, device)
+            generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+            order = torch.randperm(n_blocks, generator=generator).to(device)
         yield step, order[position * per_step : (position + 1) * per_step]
 
 
@@ -142,7 +137,7 @@ def _place_blocks(
     train_blocks: torch.Tensor, validation_blocks: torch.Tensor, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The data where training reads it: on the device when it fits comfortably, else in (pinned) host memory."""
-    if train_blocks.numel() * train_blocks.element_size() <= _DEVICE_RESIDENT_BYTES:
+    if train_blocks.nbytes <= _DEVICE_RESIDENT_BYTES:
         return train_blocks.to(device), validation_blocks.to(device)
     if device.type == "cuda":
         return train_blocks.pin_memory(), validation_blocks
@@ -252,16 +247,13 @@ def train(
     plan = TrainPlan(
         total_steps=total_steps,
         warmup_steps=warmup_steps_for(config, total_steps),
-        steps_per_epoch=steps_per_epoch,
         tokens_per_step=config.total_train_batch_size * train_blocks.size(1),
         per_device_train_batch_size=micro,
         gradient_accumulation_steps=accumulation,
         learning_rate=float(state.scheduler.base_lrs[0]),
-        device=str(device),
         bf16=runtime.bf16,
         train_blocks=train_blocks.size(0),
         validation_blocks=validation_blocks.size(0),
-        block_size=train_blocks.size(1),
         start_step=state.step,
         world_size=parallel.world_size,
     )
@@ -311,20 +303,16 @@ def train(
             if not math.isfinite(mean_loss):
                 raise NonFiniteLossError(step, mean_loss)
             elapsed = time.perf_counter() - started
-            log_hook = functools.partial(
-                callback.on_log,
-                step,
-                {
-                    "train/loss": mean_loss,
-                    "train/learning_rate": state.scheduler.get_last_lr()[0],
-                    "train/grad_norm": to_float(grad_norm),
-                    "train/tokens_seen": float(tokens_seen),
-                    "train/epoch": step / steps_per_epoch,
-                    "perf/tokens_per_second": (step - plan.start_step) * plan.tokens_per_step / elapsed,
-                    "perf/peak_memory_mb": peak_memory_mb(device),
-                },
-            )
-            parallel.on_main(log_hook)
+            train_metrics = {
+                "train/loss": mean_loss,
+                "train/learning_rate": state.scheduler.get_last_lr()[0],
+                "train/grad_norm": to_float(grad_norm),
+                "train/tokens_seen": float(tokens_seen),
+                "train/epoch": step / steps_per_epoch,
+                "perf/tokens_per_second": (step - plan.start_step) * plan.tokens_per_step / elapsed,
+                "perf/peak_memory_mb": peak_memory_mb(device),
+            }
+            parallel.on_main(functools.partial(callback.on_log, step, train_metrics))
 
         # evaluate
         if is_eval_step:

@@ -35,7 +35,6 @@ class OutOfMemoryAtBatchOneError(RuntimeError):
 
     def __init__(self, error: str) -> None:
         super().__init__(f"out of memory even at per_device_train_batch_size=1: {error}")
-        self.error = error
 
 
 def with_oom_retry(

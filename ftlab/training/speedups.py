@@ -63,14 +63,10 @@ def decoder_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [module for module in model.modules() if type(module).__name__ in block_classes]
 
 
-def compile_blocks(model: torch.nn.Module) -> int:
-    """``torch.compile`` each decoder block in place (the whole model where none are known); blocks compiled.
+def compile_blocks(model: torch.nn.Module) -> None:
+    """``torch.compile`` each decoder block in place (the whole model where none are known).
 
     In place (``Module.compile``) keeps parameter names as they are, so checkpoints and saved models do not change.
     """
-    blocks = decoder_blocks(model)
-    for block in blocks:
-        block.compile()
-    if not blocks:
-        model.compile()
-    return len(blocks)
+    for module in decoder_blocks(model) or [model]:
+        module.compile()
