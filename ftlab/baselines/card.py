@@ -171,8 +171,7 @@ def _section(body: str, title: str) -> str | None:
     heading = re.search(rf"^#+[ \t]*{re.escape(title)}[ \t]*$", body, re.MULTILINE | re.IGNORECASE)
     if heading is None:
         return None
-    following = re.search(r"^#", body[heading.end() :], re.MULTILINE)
-    return body[heading.end() : heading.end() + following.start()] if following else body[heading.end() :]
+    return re.split(r"^#", body[heading.end() :], maxsplit=1, flags=re.MULTILINE)[0]
 
 
 def _list_items(block: str) -> dict[str, str]:
@@ -253,21 +252,17 @@ def _results(body: str, source: str) -> dict[str, float | None]:
 
 
 def _evaluation_list(body: str) -> dict[str, str]:
-    intro = re.search(r"It achieves the following results on the evaluation set:[ \t]*\n", body)
-    if intro is None:
-        return {}
-    block = re.match(r"(?:[-*][^\n]*\n?)*", body[intro.end() :])
-    return _list_items(block.group(0) if block else "")
+    found = re.search(r"It achieves the following results on the evaluation set:[ \t]*\n((?:[-*][^\n]*\n?)*)", body)
+    return _list_items(found.group(1)) if found else {}
 
 
 def _named_results(items: dict[str, str], names: dict[str, str], source: str) -> dict[str, float | None]:
-    found: dict[str, float | None] = {}
-    for key, raw in items.items():
-        name = names.get(key.lower())
-        if name is not None:
-            # Trainer writes "No log" when nothing was logged yet.
-            found[name] = None if raw.strip().lower() == "no log" else number(key, raw, source)
-    return found
+    return {
+        # Trainer writes "No log" when nothing was logged yet.
+        names[key.lower()]: None if raw.strip().lower() == "no log" else number(key, raw, source)
+        for key, raw in items.items()
+        if key.lower() in names
+    }
 
 
 def _results_table(section: str, source: str) -> dict[str, float | None]:
@@ -299,8 +294,7 @@ def _fill_totals(fields: dict[str, Any]) -> None:
 
 def _consistency_warnings(fields: dict[str, Any]) -> list[str]:
     checks = (_train_batch_warning, _eval_batch_warning, _devices_warning, _perplexity_warning)
-    warnings = [check(fields) for check in checks]
-    return [warning for warning in warnings if warning]
+    return [warning for check in checks if (warning := check(fields))]
 
 
 def _train_batch_warning(fields: dict[str, Any]) -> str | None:
