@@ -127,15 +127,15 @@ def _description(winner: Comparison, measured: float, confirmation: dict[str, An
 def _tags(winner: Comparison, measured: float) -> dict[str, str]:
     tags = {
         "ftlab.trial": str(winner.best.number),
-        "ftlab.trial_run_id": str(winner.best.mlflow_run_id),
+        TRIAL_RUN_TAG: str(winner.best.mlflow_run_id),
         "ftlab.objective": winner.metric,
         winner.metric: f"{winner.best_value:.6g}",
         "eval_loss_measured": f"{measured:.6g}",
     }
     if winner.gain is not None and winner.gain.relative is not None:
         tags["gain_over_baseline"] = f"{winner.gain.relative:.4f}"
-    if winner.baseline is not None and winner.baseline.values:
-        tags[f"baseline.{winner.metric}"] = f"{winner.baseline.values[0]:.6g}"
+    if winner.baseline_value is not None:
+        tags[f"baseline.{winner.metric}"] = f"{winner.baseline_value:.6g}"
     return tags
 
 
