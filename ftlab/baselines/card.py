@@ -137,8 +137,9 @@ def parse_card(text: str, source: str) -> CardBaseline:
     fields: dict[str, Any] = {"source": source, "base_model": _base_model(metadata, body)}
     fields |= _hyperparameters(items, source, warnings)
     fields |= _results(body, source)
-    _fill_totals(fields)
-    warnings += _consistency_warnings(fields)
+    warnings += _batch_warnings(fields)
+    if mismatch := _perplexity_warning(fields):
+        warnings.append(mismatch)
     return CardBaseline(**fields, warnings=warnings)
 
 
@@ -171,8 +172,7 @@ def _section(body: str, title: str) -> str | None:
     heading = re.search(rf"^#+[ \t]*{re.escape(title)}[ \t]*$", body, re.MULTILINE | re.IGNORECASE)
     if heading is None:
         return None
-    following = re.search(r"^#", body[heading.end() :], re.MULTILINE)
-    return body[heading.end() : heading.end() + following.start()] if following else body[heading.end() :]
+    return re.split(r"^#", body[heading.end() :], maxsplit=1, flags=re.MULTILINE)[0]
 
 
 def _list_items(block: str) -> dict[str, str]:
@@ -253,21 +253,17 @@ def _results(body: str, source: str) -> dict[str, float | None]:
 
 
 def _evaluation_list(body: str) -> dict[str, str]:
-    intro = re.search(r"It achieves the following results on the evaluation set:[ \t]*\n", body)
-    if intro is None:
-        return {}
-    block = re.match(r"(?:[-*][^\n]*\n?)*", body[intro.end() :])
-    return _list_items(block.group(0) if block else "")
+    found = re.search(r"It achieves the following results on the evaluation set:[ \t]*\n((?:[-*][^\n]*\n?)*)", body)
+    return _list_items(found.group(1)) if found else {}
 
 
 def _named_results(items: dict[str, str], names: dict[str, str], source: str) -> dict[str, float | None]:
-    found: dict[str, float | None] = {}
-    for key, raw in items.items():
-        name = names.get(key.lower())
-        if name is not None:
-            # Trainer writes "No log" when nothing was logged yet.
-            found[name] = None if raw.strip().lower() == "no log" else number(key, raw, source)
-    return found
+    return {
+        # Trainer writes "No log" when nothing was logged yet.
+        names[key.lower()]: None if raw.strip().lower() == "no log" else number(key, raw, source)
+        for key, raw in items.items()
+        if key.lower() in names
+    }
 
 
 def _results_table(section: str, source: str) -> dict[str, float | None]:
@@ -287,61 +283,34 @@ def _results_table(section: str, source: str) -> dict[str, float | None]:
 # --- derived values and checks ---------------------------------------------------------------------------------
 
 
-def _fill_totals(fields: dict[str, Any]) -> None:
-    """Trainer leaves the totals out when they equal the per-device sizes; put them back."""
+def _batch_warnings(fields: dict[str, Any]) -> list[str]:
+    """Put back the totals that Trainer leaves out when they equal the per-device sizes, and say where the card's
+    batch sizes do not add up; ftlab trains on one device, so a card's batch over several needs more accumulation."""
     devices = fields.get("num_devices", 1)
     accumulation = fields.get("gradient_accumulation_steps", 1)
-    if fields.get("total_train_batch_size") is None and fields.get("per_device_train_batch_size"):
-        fields["total_train_batch_size"] = fields["per_device_train_batch_size"] * accumulation * devices
-    if fields.get("total_eval_batch_size") is None and fields.get("per_device_eval_batch_size"):
-        fields["total_eval_batch_size"] = fields["per_device_eval_batch_size"] * devices
-
-
-def _consistency_warnings(fields: dict[str, Any]) -> list[str]:
-    checks = (_train_batch_warning, _eval_batch_warning, _devices_warning, _perplexity_warning)
-    warnings = [check(fields) for check in checks]
-    return [warning for warning in warnings if warning]
-
-
-def _train_batch_warning(fields: dict[str, Any]) -> str | None:
-    per_device = fields.get("per_device_train_batch_size")
-    if per_device is None:
-        return None
-    accumulation = fields.get("gradient_accumulation_steps", 1)
-    devices = fields.get("num_devices", 1)
-    expected = per_device * accumulation * devices
-    if fields["total_train_batch_size"] == expected:
-        return None
-    return (
-        f"The card's total_train_batch_size {fields['total_train_batch_size']} is not train_batch_size "
-        f"{per_device} × gradient_accumulation_steps {accumulation} × num_devices {devices} = {expected}; "
-        "ftlab uses the per-device batch size and accumulation as written."
-    )
-
-
-def _eval_batch_warning(fields: dict[str, Any]) -> str | None:
-    per_device = fields.get("per_device_eval_batch_size")
-    devices = fields.get("num_devices", 1)
-    if per_device is None or fields["total_eval_batch_size"] == per_device * devices:
-        return None
-    return (
-        f"The card's total_eval_batch_size {fields['total_eval_batch_size']} is not eval_batch_size "
-        f"{per_device} × num_devices {devices} = {per_device * devices}."
-    )
-
-
-def _devices_warning(fields: dict[str, Any]) -> str | None:
-    """ftlab trains on one device, so the card's effective batch needs more accumulation to match."""
-    devices = fields.get("num_devices", 1)
-    per_device = fields.get("per_device_train_batch_size")
-    if devices == 1 or per_device is None:
-        return None
-    accumulation = fields.get("gradient_accumulation_steps", 1)
-    return (
-        f"The card trained on {devices} devices and ftlab trains on one: to keep its effective batch of "
-        f"{per_device * accumulation * devices}, set gradient_accumulation_steps to {accumulation * devices} "
-        f"(the card's {accumulation} is per device)."
-    )
+    warnings = []
+    if (train := fields.get("per_device_train_batch_size")) is not None:
+        expected = train * accumulation * devices
+        if (total := fields.setdefault("total_train_batch_size", expected)) != expected:
+            warnings.append(
+                f"The card's total_train_batch_size {total} is not train_batch_size {train} × "
+                f"gradient_accumulation_steps {accumulation} × num_devices {devices} = {expected}; "
+                "ftlab uses the per-device batch size and accumulation as written."
+            )
+    if (evaluation := fields.get("per_device_eval_batch_size")) is not None:
+        expected = evaluation * devices
+        if (total := fields.setdefault("total_eval_batch_size", expected)) != expected:
+            warnings.append(
+                f"The card's total_eval_batch_size {total} is not eval_batch_size {evaluation} × num_devices "
+                f"{devices} = {expected}."
+            )
+    if train is not None and devices != 1:
+        warnings.append(
+            f"The card trained on {devices} devices and ftlab trains on one: to keep its effective batch of "
+            f"{train * accumulation * devices}, set gradient_accumulation_steps to {accumulation * devices} "
+            f"(the card's {accumulation} is per device)."
+        )
+    return warnings
 
 
 def _perplexity_warning(fields: dict[str, Any]) -> str | None:

@@ -54,8 +54,9 @@ def register_model(
         tracked.log_artifact(export_dir / "ftlab.json", "export")
         version = _log_model(tracking_uri, tracked.run_id, export_dir, name)
     client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
-    client.update_registered_model(name, description=_model_description(winner, trial_run.data.tags))
-    for key, value in _model_tags(winner, trial_run.data.tags).items():
+    study = trial_run.data.tags.get("optuna.study_name", "?")
+    client.update_registered_model(name, description=_model_description(winner, study))
+    for key, value in _model_tags(winner, study).items():
         client.set_registered_model_tag(name, key, value)
     client.update_model_version(name, version, description=_description(winner, measured, confirmation))
     for key, value in {**_tags(winner, measured), **_confirmation_tags(winner, confirmation)}.items():
@@ -92,8 +93,7 @@ def _log_model(tracking_uri: str, run_id: str, export_dir: Path, name: str) -> s
     return str(logged.registered_model_version)
 
 
-def _model_description(winner: Comparison, trial_tags: dict[str, str]) -> str:
-    study = trial_tags.get("optuna.study_name", "?")
+def _model_description(winner: Comparison, study: str) -> str:
     return (
         f"A causal LM fine-tuned by the ftlab sweep {study}. Each version is the sweep's winning trial on "
         f"{winner.metric}, its weights re-measured before export; the alias {CHAMPION_ALIAS} is the latest. A "
@@ -102,9 +102,9 @@ def _model_description(winner: Comparison, trial_tags: dict[str, str]) -> str:
     )
 
 
-def _model_tags(winner: Comparison, trial_tags: dict[str, str]) -> dict[str, str]:
+def _model_tags(winner: Comparison, study: str) -> dict[str, str]:
     return {
-        "ftlab.sweep": trial_tags.get("optuna.study_name", "?"),
+        "ftlab.sweep": study,
         "ftlab.objective": winner.metric,
         "ftlab.task": "text-generation",
         "ftlab.made_by": "ftlab best --register",
@@ -127,15 +127,15 @@ def _description(winner: Comparison, measured: float, confirmation: dict[str, An
 def _tags(winner: Comparison, measured: float) -> dict[str, str]:
     tags = {
         "ftlab.trial": str(winner.best.number),
-        "ftlab.trial_run_id": str(winner.best.mlflow_run_id),
+        TRIAL_RUN_TAG: str(winner.best.mlflow_run_id),
         "ftlab.objective": winner.metric,
         winner.metric: f"{winner.best_value:.6g}",
         "eval_loss_measured": f"{measured:.6g}",
     }
     if winner.gain is not None and winner.gain.relative is not None:
         tags["gain_over_baseline"] = f"{winner.gain.relative:.4f}"
-    if winner.baseline is not None and winner.baseline.values:
-        tags[f"baseline.{winner.metric}"] = f"{winner.baseline.values[0]:.6g}"
+    if winner.baseline_value is not None:
+        tags[f"baseline.{winner.metric}"] = f"{winner.baseline_value:.6g}"
     return tags
 
 

@@ -50,10 +50,8 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
 
 
 def _best_of(front: list[FrozenTrial], direction: StudyDirection) -> FrozenTrial | None:
-    if not front:
-        return None
     sign = 1 if direction == StudyDirection.MINIMIZE else -1
-    return min(front, key=lambda trial: sign * trial.values[0])
+    return min(front, key=lambda trial: sign * trial.values[0], default=None)
 
 
 @dataclass
