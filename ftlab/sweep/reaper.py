@@ -154,14 +154,12 @@ def _finished_record(trial: FrozenTrial, tracking_uri: str | None, metric_names:
     return TrialRecord("COMPLETE", values=[finals[name] for name in metric_names], metrics=dict(finals))
 
 
-def settle_stale_trials(study: optuna.Study, tracking_uri: str | None = None) -> list[int]:
+def settle_stale_trials(study: optuna.Study, tracking_uri: str | None = None) -> None:
     """Before Optuna fails the stale trials: tell COMPLETE those that had finished; give the others their reason
-    (stopped from outside and retried, or their own failure after :data:`MAX_LOST_IN_A_ROW`). The numbers told
-    COMPLETE."""
+    (stopped from outside and retried, or their own failure after :data:`MAX_LOST_IN_A_ROW`)."""
     storage = compat.storage_of(study)
     if compat.heartbeat_interval_of(study) is None:
-        return []
-    told = []
+        return
     for trial_id in compat.stale_trial_ids(study):
         trial = storage.get_trial(trial_id)
         if trial.state != TrialState.RUNNING:
@@ -171,13 +169,11 @@ def settle_stale_trials(study: optuna.Study, tracking_uri: str | None = None) ->
             if finished is not None:
                 studies.tell(study, trial_id, finished)
                 logger.warning("trial %d had finished when its worker died: told COMPLETE", trial.number)
-                told.append(trial.number)
                 continue
             for key, value in lost_record(trial, DEAD_WORKER_REASON).to_user_attrs().items():
                 storage.set_trial_user_attr(trial_id, key, value)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # its own worker (only paused) or another reaper settled it meanwhile
-    return told
 
 
 def fail_orphaned_trials(study: optuna.Study, clock: Callable[[], float] = time.time) -> list[int]:
