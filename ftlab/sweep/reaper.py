@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -71,14 +72,14 @@ def stale_trial_callback(tracking_uri: str) -> StaleTrialCallback:
 
     def on_stale_trial(study: optuna.Study, trial: FrozenTrial) -> None:
         record = TrialRecord.from_trial(trial)
-        run_id = trial.user_attrs.get(RUN_ID_ATTR)
-        if run_id:
-            status = "KILLED" if record.retry or not record.reason else "FAILED"
+        retried = record.retry or not record.reason  # no reason: failed by Optuna without ftlab's look (an older ftlab)
+        if run_id := trial.user_attrs.get(RUN_ID_ATTR):
+            status = "KILLED" if retried else "FAILED"
             try:
                 end_run(tracking_uri, run_id, status, record.reason or DEAD_WORKER_REASON)
             except Exception as error:  # the tracking server may be down; the Optuna side must still be settled
                 logger.warning("could not end MLflow run %s of dead trial %d: %s", run_id, trial.number, error)
-        if record.retry or not record.reason:  # no reason: failed by Optuna without ftlab's look (an older ftlab)
+        if retried:
             enqueue_retry(study, trial)
 
     return on_stale_trial
@@ -130,14 +131,11 @@ def retried_trial_number(study: optuna.Study, trial_id: int) -> int | None:
 def _finished_record(trial: FrozenTrial, tracking_uri: str | None, metric_names: list[str]) -> TrialRecord | None:
     """The COMPLETE record of a stale trial that had finished (its worker died before telling the study), from its
     result file or, where that is on another machine, its MLflow run ended FINISHED with its final figures."""
-    trial_dir = trial.user_attrs.get(TRIAL_DIR_ATTR)
-    if trial_dir:
-        try:
+    if trial_dir := trial.user_attrs.get(TRIAL_DIR_ATTR):
+        with suppress(OSError, ValueError, TypeError):  # unreadable: judged by the run instead
             record = TrialRecord.read(Path(trial_dir) / "result.json")
-        except (OSError, ValueError, TypeError):
-            record = None  # unreadable: judged by the run instead
-        if record is not None and record.state == "COMPLETE" and record.values:
-            return record
+            if record is not None and record.state == "COMPLETE" and record.values:
+                return record
     run_id = trial.user_attrs.get(RUN_ID_ATTR)
     if not (tracking_uri and run_id and metric_names):
         return None
