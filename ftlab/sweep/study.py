@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import optuna
-from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
 from ftlab.config import SamplerConfig, SweepConfig, TrainConfig
@@ -88,13 +87,6 @@ def build_pruner(sweep: SweepConfig) -> optuna.pruners.BasePruner:
 # --- opening the study -----------------------------------------------------------------------------------------------
 
 
-def _existing_trials(storage: BaseStorage, name: str) -> int:
-    try:
-        return len(storage.get_all_trials(storage.get_study_id_from_name(name), deepcopy=False))
-    except KeyError:
-        return 0
-
-
 def create_or_load_study(
     sweep: SweepConfig, storage_url: str, on_stale_trial: StaleTrialCallback | None = None, seed_salt: int = 0
 ) -> optuna.Study:
@@ -103,10 +95,14 @@ def create_or_load_study(
     ``seed_salt`` keeps worker processes that start at the same moment from drawing the same trials.
     """
     storage = open_storage(storage_url, sweep.storage, on_stale_trial)
+    try:
+        existing_trials = len(storage.get_all_trials(storage.get_study_id_from_name(sweep.name), deepcopy=False))
+    except KeyError:
+        existing_trials = 0  # a new study
     study = optuna.create_study(
         study_name=sweep.name,
         storage=storage,
-        sampler=build_sampler(sweep.sampler, sweep, _existing_trials(storage, sweep.name), seed_salt),
+        sampler=build_sampler(sweep.sampler, sweep, existing_trials, seed_salt),
         pruner=build_pruner(sweep),
         directions=[objective.direction for objective in sweep.objectives],
         load_if_exists=True,
