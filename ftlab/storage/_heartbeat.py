@@ -39,10 +39,10 @@ class SystemAttrHeartbeat(BaseHeartbeat):
 
     def configure_heartbeat(self, config: StorageConfig | None, callback: StaleTrialCallback | None = None) -> Self:
         """Turn heartbeats on as ``config`` says (left off without one): beats every ``heartbeat_interval`` s, stale
-        after ``grace_period`` s (default 2 intervals). Returns this storage."""
+        after ``grace_period`` s. Returns this storage."""
         if config is not None:
             self.heartbeat_interval = config.heartbeat_interval
-            self.grace_period = config.grace_period or 2 * config.heartbeat_interval
+            self.grace_period = config.grace_period
             self._stale_trial_callback = callback
         return self
 
