@@ -95,8 +95,7 @@ class RDBBackend(BaseStorageBackend):
         connect_args = {"connect_timeout": int(timeout_s)} if url.startswith("postgresql") else {}
         try:
             engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.NullPool, connect_args=connect_args)
-            with engine.connect():
-                pass
+            engine.connect().close()
         except (sqlalchemy.exc.ArgumentError, ImportError) as error:
             return f"not a database URL ftlab can open ({first_line(error)})"
         except sqlalchemy.exc.DBAPIError as error:
