@@ -86,8 +86,7 @@ def tracking_store_files(tracking_uri: str) -> list[Path]:
 
 def local_artifact_root(tracking_uri: str) -> str | None:
     """For a local SQLite tracking store, artifacts go beside it; a tracking server decides for itself."""
-    files = tracking_store_files(tracking_uri) if tracking_uri.startswith("sqlite:///") else []
-    return str(files[1]) if files else None
+    return str(tracking_store_files(tracking_uri)[1]) if tracking_uri.startswith("sqlite:///") else None
 
 
 def _ui_base(tracking_uri: str, ui: str) -> str:
