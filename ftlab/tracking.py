@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping
+from contextlib import suppress
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -271,11 +272,9 @@ def start_or_resume_parent_run(
     A parent run that the tracking store no longer has (the store was reset) is replaced by a new one.
     """
     if existing_run_id:
-        try:
+        with suppress(Exception):  # the tracking store was reset since; start a fresh parent run
             MlflowClient(tracking_uri=tracking_uri).update_run(existing_run_id, status="RUNNING")
             return existing_run_id
-        except Exception:  # the tracking store was reset since; start a fresh parent run
-            pass
     run = TrackedRun.start(tracking_uri, experiment, run_name=run_name, tags=tags)
     run.log_params(params)
     return run.run_id
