@@ -186,9 +186,7 @@ def job_status(job: dict[str, Any], trials: list[optuna.trial.FrozenTrial], grac
 def launched_jobs(study: optuna.Study, grace_period: float) -> list[JobStatus]:
     """Every job ``ftlab launch slurm`` recorded in the study, oldest first; [] for a study launched otherwise."""
     jobs = study.user_attrs.get(SLURM_JOBS_ATTR) or []
-    if not jobs:
-        return []
-    trials = study.get_trials(deepcopy=False)
+    trials = study.get_trials(deepcopy=False) if jobs else []
     return [job_status(job, trials, grace_period) for job in jobs]
 
 
