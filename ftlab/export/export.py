@@ -204,7 +204,5 @@ def export_best(
         provenance["confirmation"] = confirmation
         atomic_write_json(build / "ftlab.json", provenance, indent=2)
 
-    registered = None
-    if register:
-        registered = register_model(uri, winner, out_dir, register, measured, confirmation)
+    registered = register_model(uri, winner, out_dir, register, measured, confirmation) if register else None
     return ExportResult(out_dir, measured, weights_from, registered)
