@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping
+from contextlib import suppress
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -86,8 +87,7 @@ def tracking_store_files(tracking_uri: str) -> list[Path]:
 
 def local_artifact_root(tracking_uri: str) -> str | None:
     """For a local SQLite tracking store, artifacts go beside it; a tracking server decides for itself."""
-    files = tracking_store_files(tracking_uri) if tracking_uri.startswith("sqlite:///") else []
-    return str(files[1]) if files else None
+    return str(tracking_store_files(tracking_uri)[1]) if tracking_uri.startswith("sqlite:///") else None
 
 
 def _ui_base(tracking_uri: str, ui: str) -> str:
@@ -272,11 +272,9 @@ def start_or_resume_parent_run(
     A parent run that the tracking store no longer has (the store was reset) is replaced by a new one.
     """
     if existing_run_id:
-        try:
+        with suppress(Exception):  # the tracking store was reset since; start a fresh parent run
             MlflowClient(tracking_uri=tracking_uri).update_run(existing_run_id, status="RUNNING")
             return existing_run_id
-        except Exception:  # the tracking store was reset since; start a fresh parent run
-            pass
     run = TrackedRun.start(tracking_uri, experiment, run_name=run_name, tags=tags)
     run.log_params(params)
     return run.run_id

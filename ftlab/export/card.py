@@ -59,29 +59,25 @@ def _dataset_phrase(sweep: SweepConfig) -> str:
     return "local files (" + ", ".join(data.train_files or []) + ")"
 
 
-def _front_matter(facts: CardFacts) -> str:
-    """The YAML metadata block, with Trainer's keys; ``model-index`` names the model, with no eval results."""
+def render_card(facts: CardFacts) -> str:
+    """The README.md text."""
+    sweep, train = facts.sweep, facts.train
+    base = sweep.model.name_or_path
+    # The YAML metadata block, with Trainer's keys; ``model-index`` names the model, with no eval results.
     metadata = ModelCardData(
         library_name="transformers",
-        base_model=facts.sweep.model.name_or_path,
+        base_model=base,
         tags=["generated_from_trainer", "ftlab"],
         model_name=facts.model_name,
         # An empty list, not None, is what makes ModelCardData write `model-index: [{name, results: []}]` as Trainer
         # does; an EvalResult would need a hub dataset id and task, which local files do not have.
         eval_results=[],
     )
-    return f"---\n{metadata.to_yaml()}\n---\n"
-
-
-def render_card(facts: CardFacts) -> str:
-    """The README.md text."""
-    sweep, train = facts.sweep, facts.train
-    base = sweep.model.name_or_path
     # A hub id links to its page; a local folder (the demo model, a model of your own) is named as it is.
     base_link = base if Path(base).exists() else f"[{base}](https://huggingface.co/{base})"
     absolute, relative = facts.gain
     lines = [
-        _front_matter(facts),
+        f"---\n{metadata.to_yaml()}\n---\n",
         f"# {facts.model_name}",
         "",
         f"This model is a fine-tuned version of {base_link} on {_dataset_phrase(sweep)}.",

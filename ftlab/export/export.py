@@ -109,11 +109,9 @@ def measure_eval_loss(model_dir: Path, sweep: SweepConfig, sweep_dir: Path, trai
 def _copy_model(source: Path, target: Path, sweep: SweepConfig) -> None:
     target.mkdir(parents=True, exist_ok=True)
     # copyfile, not copy2: the files get this user's usual permissions (safetensors writes its own 0600).
-    for name in _MODEL_FILES:
-        if (source / name).is_file():
-            shutil.copyfile(source / name, target / name)
-    for shard in source.glob("model-*.safetensors"):
-        shutil.copyfile(shard, target / shard.name)
+    for file in [*(source / name for name in _MODEL_FILES), *source.glob("model-*.safetensors")]:
+        if file.is_file():
+            shutil.copyfile(file, target / file.name)
     # The tokenizer as ftlab loaded it for training: the same object users get from AutoTokenizer.
     load_tokenizer(sweep).save_pretrained(target)
 
@@ -206,7 +204,5 @@ def export_best(
         provenance["confirmation"] = confirmation
         atomic_write_json(build / "ftlab.json", provenance, indent=2)
 
-    registered = None
-    if register:
-        registered = register_model(uri, winner, out_dir, register, measured, confirmation)
+    registered = register_model(uri, winner, out_dir, register, measured, confirmation) if register else None
     return ExportResult(out_dir, measured, weights_from, registered)

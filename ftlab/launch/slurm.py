@@ -104,10 +104,9 @@ def time_limit_seconds(text: str) -> int:
         )
     days = int(found["days"] or 0)
     numbers = [int(part) for part in (found["a"], found["b"], found["c"]) if part is not None]
-    if days or len(numbers) == 3:  # D-H, D-H:M, D-H:M:S or H:M:S
-        hours, minutes, seconds = [*numbers, 0, 0][:3]
-    else:  # M or M:S
-        hours, minutes, seconds = 0, numbers[0], numbers[1] if len(numbers) == 2 else 0
+    if not days and len(numbers) < 3:  # M or M:S: no hours (D-H, D-H:M, D-H:M:S and H:M:S start with them)
+        numbers.insert(0, 0)
+    hours, minutes, seconds = [*numbers, 0, 0][:3]
     return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
 
 

@@ -90,23 +90,24 @@ def parse_sacct(text: str) -> list[SlurmTask]:
     return tasks
 
 
-def _run(command: list[str]) -> subprocess.CompletedProcess[str] | None:
+def _output(command: list[str]) -> str:
+    """What ``command`` printed; "" when it is not installed here, fails or times out."""
     if shutil.which(command[0]) is None:
-        return None
+        return ""
     try:
-        return subprocess.run(command, capture_output=True, text=True, timeout=_COMMAND_TIMEOUT_S)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=_COMMAND_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        return None
+        return ""
+    return done.stdout if done.returncode == 0 else ""
 
 
 def read_tasks(job_id: str) -> tuple[list[SlurmTask], str]:
     """The job's tasks and where they were read: ``"scontrol"``, ``"sacct"``, or ``""`` when SLURM no longer knows
     the job (or is not reachable from here)."""
-    shown = _run(["scontrol", "show", "job", job_id, "--oneliner"])
-    if shown is not None and shown.returncode == 0 and (tasks := parse_scontrol(shown.stdout)):
+    if tasks := parse_scontrol(_output(["scontrol", "show", "job", job_id, "--oneliner"])):
         return sorted(tasks, key=_task_order), "scontrol"
-    accounted = _run(["sacct", "-j", job_id, "-X", "-P", "-n", "-o", "JobID,State,NodeList,Elapsed,ExitCode"])
-    if accounted is not None and accounted.returncode == 0 and (tasks := parse_sacct(accounted.stdout)):
+    accounted = _output(["sacct", "-j", job_id, "-X", "-P", "-n", "-o", "JobID,State,NodeList,Elapsed,ExitCode"])
+    if tasks := parse_sacct(accounted):
         return sorted(tasks, key=_task_order), "sacct"
     return [], ""
 
@@ -186,9 +187,7 @@ def job_status(job: dict[str, Any], trials: list[optuna.trial.FrozenTrial], grac
 def launched_jobs(study: optuna.Study, grace_period: float) -> list[JobStatus]:
     """Every job ``ftlab launch slurm`` recorded in the study, oldest first; [] for a study launched otherwise."""
     jobs = study.user_attrs.get(SLURM_JOBS_ATTR) or []
-    if not jobs:
-        return []
-    trials = study.get_trials(deepcopy=False)
+    trials = study.get_trials(deepcopy=False) if jobs else []
     return [job_status(job, trials, grace_period) for job in jobs]
 
 
