@@ -50,7 +50,10 @@ def test_short_time_limits_get_a_shorter_warning_or_none() -> None:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("30", 1800), ("1:30", 90), ("2:00:00", 7200), ("1-12", 129600), ("1-0:30", 88200), ("0-0:0:45", 45)],
+    [
+        *[("30", 1800), ("1:30", 90), ("2:00:00", 7200), ("1-12", 129600), ("1-0:30", 88200), ("0-0:0:45", 45)],
+        *[("0-5", 18000), ("0-1:30", 5400)],  # 0 days is still D-H: hours come first
+    ],
 )
 def test_slurm_time_limits(text: str, seconds: int) -> None:
     assert time_limit_seconds(text) == seconds

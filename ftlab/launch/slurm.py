@@ -104,7 +104,7 @@ def time_limit_seconds(text: str) -> int:
         )
     days = int(found["days"] or 0)
     numbers = [int(part) for part in (found["a"], found["b"], found["c"]) if part is not None]
-    if not days and len(numbers) < 3:  # M or M:S: no hours (D-H, D-H:M, D-H:M:S and H:M:S start with them)
+    if found["days"] is None and len(numbers) < 3:  # M or M:S: no hours (D-H, D-H:M, D-H:M:S, H:M:S start with them)
         numbers.insert(0, 0)
     hours, minutes, seconds = [*numbers, 0, 0][:3]
     return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
