@@ -25,7 +25,7 @@ demo: setup
 	@echo "Next: open the MLflow UI with '$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db' (http://127.0.0.1:5000)"
 
 # The everyday tier on TEST_WORKERS processes (pytest-xdist): much of its time is spent waiting on the CLI's and the
-# trials' subprocesses, so a second worker fills the gaps (on this project's 2-core machines: 8-9 min instead of 10).
+# trials' subprocesses, so a second worker fills the gaps (on this project's 2-core machines: 7-8 min instead of 10).
 # --dist worksteal hands each worker half the tests in order, so a module's server or sweep fixture mostly starts once;
 # the workers share one FTLAB_HOME and build the demo assets once (tests/conftest.py). --durations=15 lists the
 # slowest tests, so a slower suite says where its time went. TEST_WORKERS=0 runs it in one process.
