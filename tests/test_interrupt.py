@@ -155,6 +155,10 @@ finally:
 
 def test_ctrl_c_while_the_fork_server_starts_is_not_lost() -> None:
     done = subprocess.run(
-        [sys.executable, "-c", CTRL_C_WHILE_THE_SERVER_STARTS], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", CTRL_C_WHILE_THE_SERVER_STARTS],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as from a terminal (xdist ignores SIGINT)
     )
     assert done.returncode == 0 and done.stdout.strip() == "interrupted", (done.stdout, done.stderr)
